@@ -1,0 +1,314 @@
+"""The shared HTTP layer: auth, timeouts, retries honoring Retry-After, rate limiting, pagination.
+
+Every httpx-based connector talks to its vendor through one :class:`HttpLayer`; connector modules
+only describe *what* to fetch. SDK-based connectors (Salesforce, HubSpot) reuse :func:`with_retries`
+and :class:`RateBudget` around their SDK calls so the retry and budget policy is the same everywhere.
+
+Pagination is a small object per style (:class:`NextUrlPaging`, :class:`TokenPaging`) driven by
+:func:`paginate`, which guards against a vendor returning a cursor it already returned.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import httpx
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from connectors.errors import (
+    ConnectorError,
+    PaginationLoopError,
+    RateLimitedError,
+    TransientError,
+    error_for,
+)
+
+log = logging.getLogger("omnisync.http")
+T = TypeVar("T")
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+@dataclass
+class RetryPolicy:
+    """How hard to try: attempts, total time budget and backoff bounds (seconds)."""
+
+    attempts: int = 6
+    max_elapsed: float = 120.0
+    backoff_initial: float = 0.2
+    backoff_max: float = 20.0
+    max_retry_after: float = 120.0
+
+
+def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
+    expo = wait_exponential_jitter(initial=policy.backoff_initial, max=policy.backoff_max)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            return min(exc.retry_after, policy.max_retry_after)
+        return expo(state)
+
+    return wait
+
+
+def with_retries(fn: Callable[[], T], *, policy: RetryPolicy | None = None,
+                 on_retry: Callable[[BaseException], None] | None = None) -> T:
+    """Call ``fn`` retrying :class:`TransientError` (incl. rate limits) with backoff.
+
+    Retry-After from a :class:`RateLimitedError` wins over the exponential backoff. Anything not
+    transient (4xx, quota exhaustion, auth) propagates at once.
+    """
+    policy = policy or RetryPolicy()
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if on_retry and exc is not None:
+            on_retry(exc)
+        log.info("retrying after %s (attempt %d)", type(exc).__name__, state.attempt_number)
+
+    retrying = Retrying(
+        retry=retry_if_exception(lambda e: isinstance(e, ConnectorError) and e.retryable),
+        stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_elapsed),
+        wait=_wait(policy),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return retrying(fn)
+
+
+class RateBudget:
+    """Client-side request budget: a token bucket the vendor's usage headers keep honest.
+
+    ``rate``/``burst`` describe the documented limit (e.g. HubSpot 100 requests per 10 s). When a
+    response says how much is left (``observe``), the bucket is lowered to match, so concurrent
+    callers sharing the budget slow down *before* the vendor starts answering 429.
+    Thread-safe; share one instance per tenant and vendor.
+    """
+
+    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._last = clock()
+        self._lock = threading.Lock()
+        self.waited = 0.0
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def acquire(self, n: int = 1) -> None:
+        while True:
+            with self._lock:
+                self._refill()
+                if self._tokens >= n:
+                    self._tokens -= n
+                    return
+                need = (n - self._tokens) / self.rate
+            self.waited += need
+            self._sleep(need)
+
+    def observe(self, remaining: int | None, window_reset_s: float | None = None) -> None:
+        """Lower the bucket to what the vendor says remains in its window."""
+        if remaining is None:
+            return
+        with self._lock:
+            self._refill()
+            if remaining < self._tokens:
+                self._tokens = float(remaining)
+                if window_reset_s is not None and remaining <= 0:
+                    self._tokens = -window_reset_s * self.rate
+
+
+@dataclass
+class HttpStats:
+    calls: Counter = field(default_factory=Counter)
+    retries: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+
+class HttpLayer:
+    """One vendor's HTTP client: base URL, auth, timeouts, retries, budget and call counting.
+
+    ``error_code`` extracts the vendor's error code from an error response (for the
+    classification table) and ``usage`` reads remaining-budget headers into the
+    :class:`RateBudget`. Both are small per-vendor functions supplied by the connector.
+    """
+
+    def __init__(self, *, system: str, base_url: str, auth: httpx.Auth | None = None,
+                 headers: dict[str, str] | None = None, timeout: float = 30.0,
+                 budget: RateBudget | None = None, policy: RetryPolicy | None = None,
+                 error_code: Callable[[httpx.Response], str | None] | None = None,
+                 usage: Callable[[httpx.Response], tuple[int | None, float | None]] | None = None,
+                 verify: Any = True, transport: httpx.BaseTransport | None = None):
+        self.system = system
+        self.budget = budget
+        self.policy = policy or RetryPolicy()
+        self.stats = HttpStats()
+        self._error_code = error_code
+        self._usage = usage
+        self.client = httpx.Client(base_url=base_url, auth=auth, headers=headers,
+                                   timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                                   verify=verify, transport=transport)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "HttpLayer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _once(self, method: str, url: str, endpoint: str, **kw: Any) -> httpx.Response:
+        if self.budget:
+            self.budget.acquire()
+        self.stats.calls[f"{method} {endpoint}"] += 1
+        try:
+            resp = self.client.request(method, url, **kw)
+        except httpx.TimeoutException as e:
+            raise TransientError(f"timed out calling {endpoint}", system=self.system) from e
+        except httpx.TransportError as e:
+            raise TransientError(f"connection failed calling {endpoint}: {type(e).__name__}",
+                                 system=self.system) from e
+        if self.budget and self._usage:
+            self.budget.observe(*self._usage(resp))
+        if resp.status_code >= 400:
+            code = None
+            if self._error_code:
+                try:
+                    code = self._error_code(resp)
+                except ValueError:
+                    code = None
+            raise error_for(resp.status_code, f"{method} {endpoint} failed", system=self.system, code=code,
+                            retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+        return resp
+
+    def request(self, method: str, url: str, *, endpoint: str | None = None, **kw: Any) -> httpx.Response:
+        """Send a request, retrying transient faults; raise a classified error otherwise."""
+        endpoint = endpoint or url.split("?")[0]
+
+        def on_retry(_: BaseException) -> None:
+            self.stats.retries += 1
+
+        return with_retries(lambda: self._once(method, url, endpoint, **kw), policy=self.policy,
+                            on_retry=on_retry)
+
+    def json(self, method: str, url: str, **kw: Any) -> Any:
+        resp = self.request(method, url, **kw)
+        try:
+            return resp.json()
+        except ValueError as e:
+            # A truncated body is a transport fault in disguise: retry the whole call once more.
+            raise TransientError(f"unreadable JSON from {url.split('?')[0]}", system=self.system) from e
+
+
+class Paging:
+    """A pagination style: where the next page is, given the current response body."""
+
+    def first(self, params: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        return None, params
+
+    def next(self, body: Any, url: str | None, params: dict[str, Any]) -> tuple[str | None, dict[str, Any]] | None:
+        raise NotImplementedError
+
+    def marker(self, url: str | None, params: dict[str, Any]) -> str:
+        return f"{url}|{sorted(params.items())}"
+
+
+@dataclass
+class TokenPaging(Paging):
+    """Next page named by a token in the body, sent back as a query parameter."""
+
+    token_field: str = "next_page_token"
+    token_param: str = "next_page_token"
+
+    def next(self, body, url, params):
+        token = _dig(body, self.token_field)
+        if not token:
+            return None
+        return url, {**params, self.token_param: token}
+
+
+@dataclass
+class NextUrlPaging(Paging):
+    """Next page given as a URL (absolute or relative) in the body; its query string is complete."""
+
+    url_field: str = "next_page_uri"
+
+    def next(self, body, url, params):
+        nxt = _dig(body, self.url_field)
+        if not nxt:
+            return None
+        return nxt, {}
+
+
+def _dig(body: Any, path: str) -> Any:
+    cur = body
+    for part in path.split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def paginate(fetch: Callable[[str | None, dict[str, Any]], Any], paging: Paging,
+             params: dict[str, Any], *, max_pages: int = 1_000_000) -> Iterator[Any]:
+    """Yield page bodies until the paging style says there are no more.
+
+    ``fetch(url_or_None, params)`` returns a decoded body. Stops with
+    :class:`PaginationLoopError` if a next-page marker repeats, and after ``max_pages``.
+    """
+    url, params = paging.first(dict(params))
+    seen: set[str] = set()
+    for _ in range(max_pages):
+        marker = paging.marker(url, params)
+        if marker in seen:
+            raise PaginationLoopError("pagination returned a cursor it already returned")
+        seen.add(marker)
+        body = fetch(url, params)
+        yield body
+        nxt = paging.next(body, url, params)
+        if nxt is None:
+            return
+        url, params = nxt
+    raise PaginationLoopError(f"more than {max_pages} pages")
