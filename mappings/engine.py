@@ -14,6 +14,8 @@ One file per system and stream under ``mappings/<system>/<stream>.yaml``::
 * ``source`` is a dotted path into the payload, or a list of paths gathered into a list field
   (``emails``, ``phones``); outbound writes the list's first element to the first path.
 * ``transform`` names a function in :mod:`mappings.transforms` (inverse used outbound).
+* Vendor vocabularies (channel names, event types) are value maps registered in
+  ``mappings/vocab_<system>.py`` and named like any transform.
 * ``direction`` is ``in``, ``out``, ``both`` or ``none`` (default ``in``): which way the field
   flows for this system. Precedence between systems lives in ``mappings/ownership.yaml``.
 * ``consent.<channel>.<purpose>`` targets produce consent states; ``address.<part>`` builds the
@@ -89,8 +91,12 @@ class Mapping:
     path: str = ""
 
     # --- inbound -------------------------------------------------------------------------------
-    def inbound(self, record: SourceRecord) -> CustomerProfile | Interaction | ConsentEvent:
-        """Translate one source record; raise :class:`MappingError` naming the field on failure."""
+    def inbound(self, record: SourceRecord) -> CustomerProfile | Interaction | ConsentEvent | None:
+        """Translate one source record; raise :class:`MappingError` naming the field on failure.
+
+        A ``consent`` mapping returns ``None`` when the record carries no consent change (its
+        ``status`` maps to nothing), e.g. an SMS whose body is not a STOP/START keyword.
+        """
         label = f"{record.system}/{record.stream}/{record.external_id}"
         values: dict[str, Any] = {}
         for fm in self.fields:
@@ -137,6 +143,8 @@ class Mapping:
                 nested[k] = v
         nested.setdefault("system", record.system)
         nested.setdefault("external_id", record.external_id)
+        if self.kind == "consent" and values.get("status") is None:
+            return None
         if self.kind == "interaction":
             if handoff.get("from_bot"):
                 ctx = handoff.pop("context", None) or {}
@@ -264,8 +272,16 @@ def parse_mapping(doc: dict[str, Any], *, path: str = "<memory>") -> Mapping:
 
 
 def _vendor_vocabularies() -> None:
-    # Importing the vocabulary module registers its value maps exactly once.
-    import mappings.vocabularies  # noqa: F401
+    # Importing a vocabulary module registers its value maps; Python imports each only once.
+    import importlib
+    import pkgutil
+
+    import mappings
+
+    importlib.import_module("mappings.vocabularies")
+    for mod in pkgutil.iter_modules(mappings.__path__):
+        if mod.name.startswith("vocab_"):
+            importlib.import_module(f"mappings.{mod.name}")
 
 
 @lru_cache(maxsize=None)
