@@ -157,3 +157,33 @@ def modstamp(pid: int, seed: int, salt: int = 0) -> datetime:
     """A last-modified time; many records share one second, as in real exports."""
     r = _rng(pid, seed, 7 + salt)
     return EPOCH + timedelta(days=300, seconds=r.randrange(0, 86400 * 30) // 5 * 5)
+
+
+# --- who is in which system ----------------------------------------------------------------------
+
+CRM_ONLY_SHARE = {"salesforce": 0, "hubspot": 3}  # of every 10 contacts, how many are people not in the other CRM
+DUPLICATE_RATE = 0.03
+
+
+def contact_person(system: str, index: int, size: int, seed: int = 1) -> tuple[int, int]:
+    """Which person the ``index``-th of ``size`` contacts in a CRM is, and which copy (0 = original).
+
+    Salesforce holds persons ``0..size-1``; HubSpot holds the same people for 7 of every 10 indexes
+    and people found nowhere else (``pid >= size``) for the other 3, so the two CRMs overlap by
+    about 70%. About 3% of contacts are duplicates of the previous contact's person (copy 1), as
+    when a sales rep re-creates someone with a typo. Contact 0 is always the heroine.
+    """
+    if index == 0:
+        return 0, 0
+    salt = sum(map(ord, system))
+    if index > 1 and _rng(index, seed, salt).random() < DUPLICATE_RATE:
+        return contact_person(system, index - 1, size, seed)[0], 1
+    only = CRM_ONLY_SHARE.get(system, 0)
+    if index % 10 >= 10 - only:
+        return size + index, 0
+    return index, 0
+
+
+def active_people(size: int, share: float, seed: int, salt: int) -> list[int]:
+    """The persons among ``0..size-1`` active on a channel (heroine always included)."""
+    return [0] + [p for p in range(1, size) if _rng(p, seed, salt).random() < share]
