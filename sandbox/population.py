@@ -5,8 +5,9 @@ million contacts lazily and two sandboxes seeded alike agree on who everyone is.
 sandbox shows a person through its own lens: work or personal email, formatted phone variants,
 typos, missing fields and duplicates. Person 0 is the demo's heroine, Amara Okafor.
 
-All emails use reserved example domains and all phones the fictional 555-01xx range or
-numbers generated from it, so nothing here can reach a real person.
+All emails use reserved example domains (``.example``, example.com/net/org). Phone numbers are
+synthetic: mobiles are unique per person for populations up to about 1.5M (see ``_phone``),
+landlines are shared within a household and switchboards (555-01xx) within a company.
 """
 
 from __future__ import annotations
@@ -79,11 +80,10 @@ def _rng(pid: int, seed: int, salt: int = 0) -> random.Random:
 
 
 def _phone(area: str, n: int) -> str:
-    # Fictional exchange 555 with lines 0100-0199 spread over many areas isn't enough for a
-    # million people, so lines are drawn from 2000-9999 on exchange 55x: still non-routable here.
-    exch = 550 + (n // 8000) % 10
-    line = 2000 + n % 8000
-    return f"+1{area}{exch}{line:04d}"
+    # A bijection from n (< 3.5M) to exchange 200-549 + line, so distinct people never share a
+    # mobile by accident; shared numbers (households, switchboards) are shared on purpose.
+    exch = 200 + (n // 10_000) % 350
+    return f"+1{area}{exch}{n % 10_000:04d}"
 
 
 def heroine(seed: int = 1) -> Person:
@@ -107,7 +107,7 @@ def person(pid: int, seed: int = 1) -> Person:
     cslug = company.lower().replace(" ", "")
     household = pid // 2  # neighbours pid 2k and 2k+1 may share a home phone
     hr = _rng(household, seed, 99)
-    landline = _phone(AREA[city], 5_000_000 + household) if hr.random() < 0.25 else None
+    landline = _phone(AREA[city], 2_000_000 + household) if hr.random() < 0.25 else None
     return Person(
         pid=pid, first=first, last=last,
         personal_email=f"{first.lower()}.{last.lower()}{pid}@{r.choice(PERSONAL_DOMAINS)}",
@@ -117,7 +117,7 @@ def person(pid: int, seed: int = 1) -> Person:
         birth_date=date(1950, 1, 1) + timedelta(days=r.randrange(0, 365 * 55)),
         street=f"{r.randrange(1, 9999)} {r.choice(STREETS)}", city=city, state=state,
         postcode=f"{zip3}{r.randrange(0, 100):02d}", company=company,
-        switchboard=_phone(AREA[city], 9_000_000 + COMPANIES.index(company)),
+        switchboard=f"+1{AREA[city]}5550{100 + COMPANIES.index(company)}",
         locale=r.choice(LOCALES), timezone=TZ[state],
         created_at=EPOCH + timedelta(seconds=r.randrange(0, 86400 * 300)),
     )
