@@ -58,10 +58,13 @@ class SourceRow(SQLModel, table=True):
     merged_into: str | None = Field(default=None, max_length=128)
     fingerprint: str = Field(max_length=64)
     payload: dict = _json()
+    canonical: dict = _json()  # the mapped canonical object(s), so resolution never re-maps
+    kind: str = Field(default="profile", max_length=16)
     golden_id: str | None = Field(default=None, max_length=40)
     echo: bool = False
     ingested_at: datetime = _ts(default_factory=utcnow)
     resolved_at: datetime | None = _ts(default=None)
+    pending: bool = Field(default=True, index=True)  # changed since last resolution
 
 
 class InteractionRow(SQLModel, table=True):
@@ -356,3 +359,32 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def run_in_transaction(fn, engine: Engine | None = None, *, attempts: int = 5):
+    """Run ``fn(session)`` in its own transaction, retrying on conflicts.
+
+    Two workers upserting the same rows at once (overlapping sync windows, the same person arriving
+    through two systems) collide on unique constraints or deadlock on PostgreSQL; both are safe to
+    retry because every write here is an idempotent upsert.
+    """
+    import random
+    import time as _time
+
+    from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_scope(engine) as session:
+                return fn(session)
+        except (IntegrityError, OperationalError, DBAPIError) as e:
+            retryable = isinstance(e, IntegrityError) or _is_transient_db_error(e)
+            if not retryable or attempt == attempts:
+                raise
+            _time.sleep(random.uniform(0.01, 0.05) * attempt)
+
+
+def _is_transient_db_error(e: Exception) -> bool:
+    code = getattr(getattr(e, "orig", None), "sqlstate", None)
+    # 40001 serialization failure, 40P01 deadlock detected; SQLite: database is locked
+    return code in {"40001", "40P01"} or "database is locked" in str(e)

@@ -294,6 +294,17 @@ def load_mapping(system: str, stream: str) -> Mapping:
     return parse_mapping(yaml.safe_load(path.read_text()), path=str(path.relative_to(HERE.parent)))
 
 
+@lru_cache(maxsize=None)
+def mappings_for(system: str, stream: str) -> tuple[Mapping, ...]:
+    """Every mapping that reads ``system``/``stream`` records (e.g. an SMS stream maps to an
+    interaction and, for STOP/START keywords, to a consent event). Files are matched on their
+    ``system`` and ``stream`` keys, so ``messages_consent.yaml`` may declare ``stream: messages``."""
+    found = tuple(m for m in all_mappings() if m.system == system and m.stream == stream)
+    if not found:
+        raise MappingConfigError(f"no mapping for {system}/{stream} under mappings/{system}/")
+    return found
+
+
 def all_mappings() -> list[Mapping]:
     _vendor_vocabularies()
     return [load_mapping(p.parent.name, p.stem) for p in sorted(HERE.glob("*/*.yaml"))]

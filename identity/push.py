@@ -1,0 +1,479 @@
+"""The push planner: what each connected system must receive so it agrees with the golden record.
+
+Planning is pure: it reads the golden store and the outbound ledger and returns a :class:`PushPlan`
+of vendor-shaped :class:`~omnisync.records.OutboundRecord` batches. ``flows/push.py`` executes a plan
+through the connectors and hands the outcomes back to :func:`record_outcomes`, which updates the
+ledger. The rules it applies:
+
+* Only fields whose mapping ``direction`` is ``out`` or ``both`` are written, and only the leaves
+  that differ both from what the target currently holds and from what we last wrote (the ledger),
+  so a re-run writes nothing (invariant 3) and a push never rewrites what did not change.
+* Echo suppression (invariant 4): the ledger keeps the fingerprint of the canonical record the
+  target will show after our write; ingest recognizes that exact record coming back as our echo.
+* A record re-written run after run (two systems fighting over a field) raises a loop alarm
+  after ``loop_threshold`` runs: it is dead-lettered and the run flagged, never ping-ponged.
+* A circuit breaker refuses a push that would overwrite more than ``breaker_share`` of a system's
+  records unless forced (filling blanks and writing the golden id link do not count).
+* Consent: opt-outs travel with the profile fields (CRM checkboxes) and to consent streams
+  (SendGrid suppressions); an erased person is never pushed.
+* The timeline: interactions from other systems are written once each as activities (Salesforce
+  Tasks, HubSpot engagements, Segment track events), associated to the target's record.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlmodel import Session, func, select
+
+from identity.store import (
+    ChangeEvent,
+    Checkpoint,
+    GoldenRecord,
+    InteractionRow,
+    OutboundLedger,
+    SourceRow,
+)
+from mappings.engine import Mapping, MappingConfigError, flatten_profile, load_mapping, mappings_for
+from omnisync.records import OutboundRecord, SourceRecord, WriteOutcome, WriteStatus, fingerprint, utcnow
+
+OWNERSHIP = Path(__file__).resolve().parent.parent / "mappings" / "ownership.yaml"
+
+
+class CircuitOpen(RuntimeError):
+    """A push would change too much of one system at once; re-run with force to proceed."""
+
+
+@lru_cache(maxsize=1)
+def ownership() -> dict[str, Any]:
+    return yaml.safe_load(OWNERSHIP.read_text())
+
+
+def policy(system: str) -> dict[str, Any]:
+    return {**ownership()["defaults"], **ownership()["systems"].get(system, {})}
+
+
+@dataclass
+class LoopAlarm:
+    system: str
+    stream: str
+    external_id: str | None
+    golden_id: str
+    fields: list[str]
+
+
+@dataclass
+class StreamPlan:
+    system: str
+    stream: str
+    records: list[OutboundRecord] = field(default_factory=list)
+    fields: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    overwrites: int = 0
+    creates: int = 0
+    population: int = 0
+    # key -> (ledger payload to store after success)
+    ledger: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def share(self) -> float:
+        return self.overwrites / self.population if self.population else 0.0
+
+
+@dataclass
+class PushPlan:
+    streams: dict[tuple[str, str], StreamPlan] = field(default_factory=dict)
+    alarms: list[LoopAlarm] = field(default_factory=list)
+    merges: list[tuple[str, str, str]] = field(default_factory=list)  # (system, survivor, merged)
+    seq: int = 0  # change-feed position this plan covers
+
+    def stream(self, system: str, stream: str) -> StreamPlan:
+        return self.streams.setdefault((system, stream), StreamPlan(system, stream))
+
+    def summary(self) -> list[dict[str, Any]]:
+        rows = []
+        for (system, stream), sp in sorted(self.streams.items()):
+            for f, n in sorted(sp.fields.items()):
+                rows.append({"system": system, "stream": stream, "field": f, "records": n})
+        return rows
+
+    @property
+    def total(self) -> int:
+        return sum(len(sp.records) for sp in self.streams.values())
+
+
+# --- payload helpers -----------------------------------------------------------------------------
+
+def leaves(payload: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in payload.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(leaves(v, path + "."))
+        else:
+            out[path] = v
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, v in flat.items():
+        cur = out
+        parts = path.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = v
+    return out
+
+
+def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for path, v in leaves(patch).items():
+        cur = out
+        parts = path.split(".")
+        for p in parts[:-1]:
+            nxt = cur.get(p)
+            if not isinstance(nxt, dict):
+                nxt = cur[p] = {}
+            cur = nxt
+        cur[parts[-1]] = v
+    return out
+
+
+def _norm(v: Any) -> Any:
+    # Vendors hand strings back for everything; compare on the text form so "true"/True match.
+    if isinstance(v, bool):
+        return str(v).lower()
+    if v is None:
+        return ""
+    return str(v)
+
+
+def golden_flat(golden: GoldenRecord) -> dict[str, Any]:
+    flat = flatten_profile(golden.profile or {})
+    flat["golden_id"] = golden.golden_id
+    return flat
+
+
+def expected_fingerprint(mapping: Mapping, row: SourceRow | None, written: dict[str, Any]) -> str | None:
+    """Fingerprint of the canonical profile the target will show after ``written`` is applied."""
+    base = row.payload if row is not None else {}
+    after = deep_merge(base, written)
+    rec = SourceRecord(system=mapping.system, stream=mapping.stream,
+                       external_id=row.external_id if row else "new", modified_at=utcnow(), payload=after)
+    try:
+        obj = mapping.inbound(rec)
+    except ValueError:
+        return None
+    return canonical_fingerprint(obj.model_dump(mode="json") if obj is not None else None)
+
+
+def canonical_fingerprint(profile: dict[str, Any] | None) -> str:
+    flat = {k: v for k, v in flatten_profile(profile or {}).items()
+            if v not in (None, [], {}) and not k.startswith("external_ids.")}
+    return fingerprint(flat)
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+def push_checkpoint(session: Session, system: str) -> int:
+    row = session.get(Checkpoint, (f"push:{system}", "golden", ""))
+    return int(row.cursor.get("seq", 0)) if row and row.cursor else 0
+
+
+def save_push_checkpoint(session: Session, system: str, seq: int) -> None:
+    row = session.get(Checkpoint, (f"push:{system}", "golden", "")) or Checkpoint(
+        system=f"push:{system}", stream="golden", partition="")
+    row.cursor = {"seq": seq}
+    row.batches += 1
+    row.updated_at = utcnow()
+    session.add(row)
+
+
+def changed_golden_ids(session: Session, since: int) -> tuple[list[str], int]:
+    rows = session.exec(select(ChangeEvent.golden_id, ChangeEvent.seq).where(ChangeEvent.seq > since)
+                        .order_by(ChangeEvent.seq)).all()
+    top = max((s for _, s in rows), default=since)
+    return list(dict.fromkeys(g for g, _ in rows)), top
+
+
+def plan_push(session: Session, systems: list[str], *, full: bool = False,
+              golden_ids: list[str] | None = None) -> PushPlan:
+    """Plan the writes that bring ``systems`` in line with the golden records that changed.
+
+    ``full`` plans against every active golden record (reconciliation); otherwise only those in
+    the change feed since each system's last push.
+    """
+    plan = PushPlan()
+    ledger_cache: dict[tuple[str, str], dict[str, OutboundLedger]] = {}
+    for system in systems:
+        pol = policy(system)
+        since = 0 if full else push_checkpoint(session, system)
+        if golden_ids is not None:
+            ids, top = golden_ids, since
+        elif full:
+            ids = list(session.exec(select(GoldenRecord.golden_id).where(GoldenRecord.status == "active")))
+            top = session.exec(select(func.max(ChangeEvent.seq))).one() or 0
+        else:
+            ids, top = changed_golden_ids(session, since)
+        plan.seq = max(plan.seq, top)
+        if not ids:
+            continue
+        goldens = _load(session, GoldenRecord, GoldenRecord.golden_id, ids)
+        if pol.get("profile_stream"):
+            _plan_profiles(session, plan, system, pol, goldens, ledger_cache)
+        if pol.get("consent_stream"):
+            _plan_consent(session, plan, system, pol, goldens, ledger_cache)
+        if pol.get("activities"):
+            _plan_activities(session, plan, system, pol, [g.golden_id for g in goldens], ledger_cache)
+    return plan
+
+
+def _load(session: Session, model, column, ids: list[str]) -> list:
+    out = []
+    for i in range(0, len(ids), 500):
+        out += list(session.exec(select(model).where(column.in_(ids[i:i + 500]))))
+    return out
+
+
+def _ledger(session: Session, cache, system: str, stream: str, keys: list[str]) -> dict[str, OutboundLedger]:
+    got = cache.setdefault((system, stream), {})
+    missing = [k for k in keys if k not in got]
+    for i in range(0, len(missing), 500):
+        for row in session.exec(select(OutboundLedger).where(OutboundLedger.target_system == system,
+                                                             OutboundLedger.target_stream == stream,
+                                                             OutboundLedger.key.in_(missing[i:i + 500]))):
+            got[row.key] = row
+    return got
+
+
+def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str, Any],
+                   goldens: list[GoldenRecord], cache) -> None:
+    stream = pol["profile_stream"]
+    try:
+        mapping = load_mapping(system, stream)
+    except MappingConfigError:
+        return
+    if not mapping.outbound_fields():
+        return
+    sp = plan.stream(system, stream)
+    sp.population = session.exec(select(func.count()).select_from(SourceRow).where(
+        SourceRow.system == system, SourceRow.stream == stream, SourceRow.deleted.is_(False))).one()
+    active = [g for g in goldens if g.status == "active"]
+    rows_by_golden: dict[str, list[SourceRow]] = defaultdict(list)
+    for row in _load(session, SourceRow, SourceRow.golden_id, [g.golden_id for g in active]):
+        if row.system == system and row.stream == stream and not row.deleted:
+            rows_by_golden[row.golden_id].append(row)
+    keys = [ledger_key(g.golden_id, r.external_id) for g in active for r in rows_by_golden[g.golden_id]]
+    keys += [ledger_key(g.golden_id, None) for g in active if not rows_by_golden[g.golden_id]]
+    ledger = _ledger(session, cache, system, stream, keys)
+    linked_ids = {f.target for f in mapping.outbound_fields()} & {"golden_id"}
+
+    for g in active:
+        flat = golden_flat(g)
+        desired = leaves(mapping.outbound(flat))
+        targets = sorted(rows_by_golden[g.golden_id], key=lambda r: r.id or 0)
+        if not targets:
+            if not pol.get("create"):
+                continue
+            need = pol.get("create_requires")
+            if need and not g.profile.get(need):
+                continue
+            key = ledger_key(g.golden_id, None)
+            led = ledger.get(key)
+            payload = {k: v for k, v in desired.items() if v not in (None, "")}
+            if led is not None and led.fingerprint == fingerprint(payload):
+                continue  # created already; it shows up as a target once the next sync reads it
+            rec = OutboundRecord(key=key, payload=unflatten(payload), match=_match(mapping, flat, pol))
+            _add(sp, rec, payload, mapping, None, creates=True)
+            continue
+        if len(targets) > 1 and pol.get("duplicates") == "merge":
+            for loser in targets[1:]:
+                plan.merges.append((system, targets[0].external_id, loser.external_id))
+        for row in targets:
+            current = leaves(mapping.outbound(_row_flat(row)))
+            key = ledger_key(g.golden_id, row.external_id)
+            led = ledger.get(key)
+            wrote = (led.payload or {}).get("vendor", {}) if led else {}
+            change = {}
+            overwrite = False
+            for path, value in desired.items():
+                if value in (None, ""):
+                    continue  # never blank a field the target has: absence is not a fact
+                if _norm(current.get(path)) == _norm(value):
+                    continue
+                if path in wrote and _norm(wrote[path]) == _norm(value) and led and \
+                        _norm(current.get(path)) == _norm(led.payload.get("seen", {}).get(path)):
+                    continue  # already written and the target has not answered yet
+                change[path] = value
+                if current.get(path) not in (None, "") and path not in _link_paths(mapping, linked_ids):
+                    overwrite = True
+            if not change:
+                if led is not None and led.bounces:
+                    led.bounces = 0
+                    session.add(led)
+                continue
+            if led is not None and wrote and any(p in wrote for p in change):
+                if led.bounces + 1 >= int(pol["loop_threshold"]):
+                    plan.alarms.append(LoopAlarm(system, stream, row.external_id, g.golden_id, sorted(change)))
+                    continue
+            rec = OutboundRecord(key=key, payload=unflatten(change), external_id=row.external_id,
+                                 match=_match(mapping, flat, pol))
+            _add(sp, rec, change, mapping, row, overwrite=overwrite, seen=current)
+
+
+def _link_paths(mapping: Mapping, linked: set[str]) -> set[str]:
+    return {fm.sources[0] for fm in mapping.outbound_fields() if fm.target in linked}
+
+
+def _match(mapping: Mapping, flat: dict[str, Any], pol: dict[str, Any]) -> dict[str, str]:
+    """Unique property the vendor can upsert on: the golden id field, else the identifier required."""
+    for fm in mapping.outbound_fields():
+        if fm.target == "golden_id":
+            return {fm.sources[0].split(".")[-1]: flat["golden_id"]}
+    need = pol.get("create_requires")
+    if need and flat.get(need):
+        return {need.rstrip("s"): flat[need][0]}
+    return {}
+
+
+def _row_flat(row: SourceRow) -> dict[str, Any]:
+    return flatten_profile((row.canonical or {}).get("profile") or {})
+
+
+def ledger_key(golden_id: str, external_id: str | None) -> str:
+    return f"{golden_id}|{external_id or 'new'}"
+
+
+def _add(sp: StreamPlan, rec: OutboundRecord, change: dict[str, Any], mapping: Mapping, row: SourceRow | None,
+         *, creates: bool = False, overwrite: bool = False, seen: dict[str, Any] | None = None) -> None:
+    sp.records.append(rec)
+    for path in change:
+        sp.fields[path] += 1
+    sp.creates += creates
+    sp.overwrites += overwrite
+    sp.ledger[rec.key] = {"vendor": change, "seen": {**(seen or {}), **change},
+                          "expected": expected_fingerprint(mapping, row, rec.payload)}
+
+
+def _plan_consent(session: Session, plan: PushPlan, system: str, pol: dict[str, Any],
+                  goldens: list[GoldenRecord], cache) -> None:
+    """Email opt-outs to a suppression list: one record per opted-out address, written once."""
+    stream = pol["consent_stream"]
+    sp = plan.stream(system, stream)
+    wanted: dict[str, str] = {}
+    for g in goldens:
+        prof = g.profile or {}
+        opted_out = any(c.get("channel") == "email" and c.get("status") == "opted_out"
+                        for c in prof.get("consent", []))
+        if opted_out or g.status == "erased":
+            for email in prof.get("emails", []):
+                wanted[f"{g.golden_id}|{email}"] = email
+    ledger = _ledger(session, cache, system, stream, list(wanted))
+    for key, email in wanted.items():
+        if key in ledger:
+            continue
+        rec = OutboundRecord(key=key, payload={"email": email}, match={"email": email})
+        sp.records.append(rec)
+        sp.fields["suppression"] += 1
+        sp.ledger[key] = {"vendor": {"email": email}, "seen": {}, "expected": None}
+
+
+def _plan_activities(session: Session, plan: PushPlan, system: str, pol: dict[str, Any],
+                     golden_ids: list[str], cache) -> None:
+    routes: dict[str, str] = pol["activities"]
+    profile_stream = pol.get("profile_stream")
+    its = [i for i in _load(session, InteractionRow, InteractionRow.golden_id, golden_ids) if i.system != system]
+    if not its:
+        return
+    contact_of: dict[str, str] = {}
+    if profile_stream and system != "segment":
+        for row in _load(session, SourceRow, SourceRow.golden_id, golden_ids):
+            if row.system == system and row.stream == profile_stream and not row.deleted:
+                contact_of.setdefault(row.golden_id, row.external_id)
+    by_stream: dict[str, list[InteractionRow]] = defaultdict(list)
+    for it in its:
+        stream = routes.get(it.channel)
+        if stream:
+            by_stream[stream].append(it)
+    for stream, rows in by_stream.items():
+        mapping = _activity_mapping(system, stream)
+        if mapping is None:
+            continue
+        keys = [f"{it.system}:{it.external_id}" for it in rows]
+        ledger = _ledger(session, cache, system, stream, keys)
+        sp = plan.stream(system, stream)
+        for it, key in zip(rows, keys):
+            if key in ledger:
+                continue
+            assoc = {}
+            if system != "segment":
+                contact = contact_of.get(it.golden_id)
+                if contact is None:
+                    continue  # no record to hang it on yet; planned again once the contact exists
+                assoc = {"contact": contact}
+            flat = flatten_profile({k: v for k, v in (it.data or {}).items() if k != "handoff"})
+            flat.update({f"handoff.{k}": v for k, v in ((it.data or {}).get("handoff") or {}).items()})
+            flat.update({"golden_id": it.golden_id, "interaction_key": key})
+            rec = OutboundRecord(key=key, payload=mapping.outbound(flat), associations=assoc)
+            sp.records.append(rec)
+            sp.fields["activity"] += 1
+            sp.ledger[key] = {"vendor": {}, "seen": {}, "expected": None}
+
+
+def _activity_mapping(system: str, stream: str) -> Mapping | None:
+    try:
+        found = [m for m in mappings_for(system, stream) if m.kind == "interaction"]
+    except MappingConfigError:
+        try:
+            found = [load_mapping(system, stream)]
+        except MappingConfigError:
+            return None
+    return found[0] if found and found[0].outbound_fields() else None
+
+
+def check_breaker(plan: PushPlan, *, force: bool = False) -> None:
+    if force:
+        return
+    for sp in plan.streams.values():
+        pol = policy(sp.system)
+        if sp.population >= int(pol["breaker_min_records"]) and sp.share > float(pol["breaker_share"]):
+            raise CircuitOpen(
+                f"push to {sp.system}/{sp.stream} would overwrite {sp.overwrites} of {sp.population} records "
+                f"({sp.share:.0%} > {float(pol['breaker_share']):.0%}); review `omnisync plan` and re-run with --force")
+
+
+# --- outcomes ------------------------------------------------------------------------------------
+
+def record_outcomes(session: Session, sp: StreamPlan, outcomes: list[WriteOutcome]) -> dict[str, int]:
+    """Update the ledger with what the target accepted; return counts by status."""
+    counts: dict[str, int] = defaultdict(int)
+    keys = [o.key for o in outcomes]
+    existing = {}
+    for i in range(0, len(keys), 500):
+        for row in session.exec(select(OutboundLedger).where(OutboundLedger.target_system == sp.system,
+                                                             OutboundLedger.target_stream == sp.stream,
+                                                             OutboundLedger.key.in_(keys[i:i + 500]))):
+            existing[row.key] = row
+    for o in outcomes:
+        counts[o.status.value] += 1
+        if not o.ok:
+            continue
+        info = sp.ledger.get(o.key, {})
+        row = existing.get(o.key) or OutboundLedger(target_system=sp.system, target_stream=sp.stream, key=o.key,
+                                                    fingerprint="")
+        vendor = {**((row.payload or {}).get("vendor", {})), **info.get("vendor", {})}
+        bounced = bool(row.payload) and any(p in (row.payload or {}).get("vendor", {}) for p in info.get("vendor", {}))
+        row.payload = {"vendor": vendor, "seen": info.get("seen", {}), "expected": info.get("expected")}
+        row.fingerprint = fingerprint(vendor)
+        row.inbound_fingerprint = info.get("expected")
+        row.external_id = o.external_id or row.external_id
+        row.bounces = row.bounces + 1 if bounced and o.status is not WriteStatus.unchanged else 0
+        row.written_at = utcnow()
+        session.add(row)
+    return dict(counts)
