@@ -1,0 +1,358 @@
+"""Prefect flows: thin orchestration over the plain functions in flows/sync.py, flows/push.py and identity/.
+
+Flows (names as they appear in the Prefect UI and prefect.yaml):
+
+* ``sync-system`` -- incremental read of one system's streams into the store;
+* ``resolve-identities`` -- resolve everything ingest left pending into golden records;
+* ``push-back`` -- plan and write the golden record back to every system (``dry_run`` = plan only);
+* ``omnichannel-sync`` -- the parent: drain webhooks, sync every system, resolve, push;
+* ``backfill`` -- a first load split into time-window partitions (run in-process or as deployment
+  runs that several workers share);
+* ``reconcile`` -- sweeps what no cursor shows (hard deletes, merges, formula/association changes);
+* ``replay-dead-letters``, ``erase-person``, ``journey-report``, ``drain-webhooks``.
+
+Every task handles a batch (a stream page loop, a resolution batch, a push chunk), never one record.
+Retries are layered: tenacity inside connectors for transient HTTP faults; Prefect task retries only
+for coarse failures, refused for client errors (4xx) by :func:`retry_unless_client_error`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.runtime import flow_run as current_flow_run
+
+from connectors.errors import ConnectorError
+from flows import report
+from flows.connect import CONNECTORS, make_connector
+from flows.push import execute_plan
+from flows.sync import readable_streams, resolve_all, sync_stream
+from identity.ingest import Counts
+from identity.push import plan_push
+from identity.runs import finish_run, start_run
+from identity.store import get_engine, run_in_transaction, session_scope
+from omnisync.privacy import install_log_masking
+from omnisync.records import Cursor
+
+ALL_SYSTEMS = ["salesforce", "hubspot", "zoom", "twilio", "sendgrid", "segment"]
+PUSH_SYSTEMS = ["salesforce", "hubspot", "zoom", "segment", "sendgrid"]
+
+
+def retry_unless_client_error(task, task_run, state) -> bool:
+    """Prefect retry condition: retry coarse failures, never a 4xx or a bad mapping."""
+    try:
+        state.result()
+    except ConnectorError as e:
+        return e.retryable
+    except (ValueError, TypeError, KeyError):
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def _run_id() -> str:
+    rid = current_flow_run.get_id()
+    return str(rid) if rid else f"local-{uuid.uuid4().hex[:12]}"
+
+
+def _masked_logger() -> logging.Logger | logging.LoggerAdapter:
+    install_log_masking(("", "omnisync", "prefect", "prefect.flow_runs", "prefect.task_runs"))
+    return get_run_logger()
+
+
+# --- tasks ---------------------------------------------------------------------------------------
+
+@task(name="sync-stream", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_client_error,
+      task_run_name="sync {system}/{stream}{partition}")
+def sync_stream_task(system: str, stream: str, partition: str = "", start: datetime | None = None,
+                     until: datetime | None = None, run_id: str | None = None) -> dict[str, Any]:
+    engine = get_engine()
+    conn = make_connector(system)
+    if partition and start is not None:
+        # A partition starts at its window's lower bound the first time it runs.
+        def seed_cursor(s):
+            from identity.ingest import load_cursor, save_cursor
+
+            if load_cursor(s, system, stream, partition) is None:
+                save_cursor(s, system, stream, Cursor(modified_at=start), records=0, partition=partition, run_id=run_id)
+        run_in_transaction(seed_cursor, engine)
+    try:
+        res = sync_stream(engine, conn, stream, run_id=run_id, partition=partition, until=until)
+    finally:
+        conn.close()
+    return {"system": system, "stream": stream, "status": res.status, "message": res.message,
+            "resume_at": res.resume_at.isoformat() if res.resume_at else None,
+            "counts": res.counts.as_dict(), "pages": res.pages, "api_calls": res.api_calls}
+
+
+@task(name="resolve-batch", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_client_error)
+def resolve_task(run_id: str | None = None) -> dict[str, int]:
+    return resolve_all(get_engine(), run_id=run_id)
+
+
+@task(name="plan-push")
+def plan_task(systems: list[str], full: bool = False) -> Any:
+    with session_scope(get_engine()) as s:
+        plan = plan_push(s, systems, full=full)
+    return plan
+
+
+@task(name="write-push", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_client_error)
+def push_task(plan: Any, systems: list[str], force: bool = False, run_id: str | None = None) -> dict[str, Any]:
+    conns = {s: make_connector(s) for s in systems if any(k[0] == s for k in plan.streams) or
+             any(m[0] == s for m in plan.merges)}
+    try:
+        result = execute_plan(get_engine(), plan, conns, run_id=run_id, force=force)
+    finally:
+        for c in conns.values():
+            c.close()
+    return {"counts": {k: dict(v) for k, v in result.counts.items()}, "api_calls": result.api_calls,
+            "failed": result.failed_systems, "alarms": result.alarms, "merges": result.merges}
+
+
+@task(name="drain-webhooks")
+def drain_webhooks_task(vendor: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+    from flows.webhooks import drain
+
+    return drain(get_engine(), vendor=vendor, run_id=run_id)
+
+
+# --- flows ---------------------------------------------------------------------------------------
+
+def _collect(results: list[dict[str, Any]]) -> Counts:
+    total = Counts()
+    for r in results:
+        for key, c in r["counts"].items():
+            system, stream = key.split("/", 1)
+            for k, v in c.items():
+                total.bump(system, stream, k, v)
+    return total
+
+
+@flow(name="sync-system", log_prints=False)
+def sync_system(system: str, streams: list[str] | None = None) -> dict[str, Any]:
+    """Incremental read of one system's streams into the golden store."""
+    logger = _masked_logger()
+    run_id = _run_id()
+    conn = make_connector(system)
+    names = streams or readable_streams(conn)
+    conn.close()
+    results = [sync_stream_task(system, s, run_id=run_id) for s in names]
+    counts = _collect(results)
+    report.counts_artifact(counts, key=f"sync-{system}", title=f"{system} sync")
+    for r in results:
+        if r["status"] == "quota":
+            logger.warning("%s/%s stopped at its checkpoint: quota exhausted; resume after %s",
+                           system, r["stream"], r["resume_at"] or "the quota resets")
+    return {"results": results, "counts": counts.as_dict()}
+
+
+@flow(name="resolve-identities")
+def resolve_identities() -> dict[str, int]:
+    """Resolve every pending source record into golden records (merges, survivorship, timeline links)."""
+    _masked_logger()
+    return resolve_task(run_id=_run_id())
+
+
+@flow(name="push-back")
+def push_back(systems: list[str] | None = None, force: bool = False, full: bool = False,
+              dry_run: bool = False) -> dict[str, Any]:
+    """Write changed golden fields, opt-outs and the timeline back to every connected system."""
+    logger = _masked_logger()
+    run_id = _run_id()
+    systems = systems or PUSH_SYSTEMS
+    plan = plan_task(systems, full=full)
+    report.plan_artifact(plan)
+    if dry_run:
+        return {"planned": plan.total, "rows": plan.summary()}
+    out = push_task(plan, systems, force=force, run_id=run_id)
+    if out["alarms"]:
+        logger.warning("loop alarm on %d record(s): see dead letters (stage loop)", out["alarms"])
+    return out
+
+
+@flow(name="omnichannel-sync")
+def omnichannel_sync(systems: list[str] | None = None, push: bool = True, force_push: bool = False) -> dict[str, Any]:
+    """The whole loop: drain webhooks, sync every system, resolve identities, push back."""
+    logger = _masked_logger()
+    run_id = _run_id()
+    systems = systems or ALL_SYSTEMS
+    engine = get_engine()
+    run_in_transaction(lambda s: start_run(s, run_id, "omnichannel-sync"), engine)
+    webhook_counts = drain_webhooks_task(run_id=run_id)
+    results = []
+    for system in systems:
+        conn = make_connector(system)
+        names = readable_streams(conn)
+        conn.close()
+        results += [sync_stream_task(system, s, run_id=run_id) for s in names]
+    counts = _collect(results)
+    counts.merge(Counts(by_stream={k: v for k, v in _webhook_counts(webhook_counts).by_stream.items()}))
+    resolved = resolve_task(run_id=run_id)
+    pushed = None
+    if push:
+        push_systems = [s for s in PUSH_SYSTEMS if s in systems]
+        plan = plan_task(push_systems)
+        pushed = push_task(plan, push_systems, force=force_push, run_id=run_id)
+    quota = [r for r in results if r["status"] == "quota"]
+    status = "partial" if quota or (pushed and pushed["failed"]) else "completed"
+    summary = {"counts": counts.as_dict(), "resolved": resolved, "pushed": pushed, "webhooks": webhook_counts,
+               "reconciles": counts.reconciles()}
+    run_in_transaction(lambda s: finish_run(s, run_id, status=status, counts=summary,
+                                            flagged="loop alarm" if pushed and pushed["alarms"] else None), engine)
+    report.counts_artifact(counts, key="omnichannel-counts", title="Records per system and stream",
+                           pushed=pushed, resolved=resolved)
+    report.merge_summary_artifact(engine, run_id)
+    for r in quota:
+        logger.warning("%s/%s stopped at its checkpoint (quota); resume after %s", r["system"], r["stream"],
+                       r["resume_at"] or "the quota resets")
+    return summary
+
+
+def _webhook_counts(out: dict[str, Any]) -> Counts:
+    c = Counts()
+    for key, vals in (out or {}).get("counts", {}).items():
+        system, stream = key.split("/", 1)
+        for k, v in vals.items():
+            c.bump(system, stream, k, v)
+    return c
+
+
+@flow(name="backfill")
+def backfill(system: str, stream: str, start: datetime, end: datetime | None = None, partitions: int = 4,
+             deployment: str | None = None) -> dict[str, Any]:
+    """A first load split into time windows, each with its own checkpoint.
+
+    With ``deployment`` (e.g. ``"backfill-partition/backfill-partition"``) each window becomes a
+    flow run of that deployment, so every worker polling the work pool shares the load; otherwise
+    windows run here as concurrent tasks. Either way a window killed midway resumes from its own
+    checkpoint, and windows never overlap, so no work is duplicated or lost.
+    """
+    _masked_logger()
+    run_id = _run_id()
+    end = end or datetime.now(timezone.utc)
+    windows = split_windows(start, end, partitions)
+    progress = create_progress_artifact(progress=0.0, key=f"backfill-{system}-{stream}".replace("_", "-"),
+                                        description=f"{system}/{stream} backfill: {len(windows)} windows")
+    results = []
+    if deployment:
+        from prefect.deployments import run_deployment
+
+        runs = [run_deployment(deployment, parameters={"system": system, "stream": stream, "start": a, "until": b,
+                                                        "partition": label}, timeout=0)
+                for label, a, b in windows]
+        results = _await_runs(runs, progress)
+    else:
+        futures = [sync_stream_task.submit(system, stream, partition=label, start=a, until=b, run_id=run_id)
+                   for label, a, b in windows]
+        for i, f in enumerate(futures, 1):
+            results.append(f.result())
+            update_progress_artifact(progress, progress=100.0 * i / len(futures))
+    counts = _collect([r for r in results if "counts" in r])
+    report.counts_artifact(counts, key=f"backfill-{system}", title=f"{system}/{stream} backfill")
+    return {"windows": len(windows), "counts": counts.as_dict()}
+
+
+@flow(name="backfill-partition")
+def backfill_partition(system: str, stream: str, start: datetime, until: datetime, partition: str) -> dict[str, Any]:
+    """One backfill window (what each worker runs when a backfill is spread over a work pool)."""
+    _masked_logger()
+    return sync_stream_task(system, stream, partition=partition, start=start, until=until, run_id=_run_id())
+
+
+def split_windows(start: datetime, end: datetime, partitions: int) -> list[tuple[str, datetime, datetime]]:
+    """Non-overlapping, gap-free [a, b) windows covering [start, end)."""
+    if partitions < 1:
+        raise ValueError("partitions must be at least 1")
+    if end <= start:
+        raise ValueError("end must be after start")
+    step = (end - start) / partitions
+    bounds = [start + step * i for i in range(partitions)] + [end]
+    return [(f"{bounds[i]:%Y%m%dT%H%M%S}", bounds[i], bounds[i + 1]) for i in range(partitions)]
+
+
+def _await_runs(runs, progress) -> list[dict[str, Any]]:
+    import time
+
+    from prefect import get_client
+
+    pending = {r.id for r in runs}
+    done: list[dict[str, Any]] = []
+    with get_client(sync_client=True) as client:
+        while pending:
+            for rid in list(pending):
+                fr = client.read_flow_run(rid)
+                if fr.state and fr.state.is_final():
+                    pending.discard(rid)
+                    done.append({"flow_run": str(rid), "state": fr.state.type.value, "counts": {}})
+            update_progress_artifact(progress, progress=100.0 * len(done) / len(runs))
+            if pending:
+                time.sleep(2)
+    return done
+
+
+@flow(name="reconcile")
+def reconcile(systems: list[str] | None = None) -> dict[str, Any]:
+    """Full sweep: find hard deletes and merges no cursor shows, and re-plan every golden record."""
+    from flows.reconcile import sweep
+
+    _masked_logger()
+    run_id = _run_id()
+    out = {}
+    for system in systems or ALL_SYSTEMS:
+        out[system] = sweep(get_engine(), make_connector(system), run_id=run_id)
+    resolve_task(run_id=run_id)
+    return out
+
+
+@flow(name="replay-dead-letters")
+def replay_dead_letters(system: str | None = None, stage: str = "map", limit: int = 10_000) -> dict[str, int]:
+    """Re-run dead-lettered records through the (fixed) mappings; resolved letters are closed."""
+    from flows.replay import replay
+
+    _masked_logger()
+    out = replay(get_engine(), system=system, stage=stage, limit=limit, run_id=_run_id())
+    resolve_task(run_id=_run_id())
+    return out
+
+
+@flow(name="erase-person")
+def erase_person(email: str | None = None, phone: str | None = None, golden_id: str | None = None) -> dict[str, Any]:
+    """Erase a person everywhere (idempotent, resumable) and leave a tombstone."""
+    from flows.erase import erase
+
+    _masked_logger()
+    return erase(get_engine(), email=email, phone=phone, golden_id=golden_id,
+                 connector_factory=make_connector, systems=list(CONNECTORS))
+
+
+@flow(name="journey-report")
+def journey_report(days: int = 30) -> dict[str, Any]:
+    """Journey analytics over the unified timeline, published as a Prefect artifact."""
+    _masked_logger()
+    return report.journey_artifact(get_engine(), days=days)
+
+
+@flow(name="drain-webhooks")
+def drain_webhooks(vendor: str | None = None) -> dict[str, Any]:
+    """Ingest stored webhook events (the receiver stores first, then triggers this flow)."""
+    _masked_logger()
+    run_id = _run_id()
+    out = drain_webhooks_task(vendor=vendor, run_id=run_id)
+    resolve_task(run_id=run_id)
+    return out
+
+
+def since_days(days: int) -> datetime:
+    return datetime.now(timezone.utc) - timedelta(days=days)
