@@ -207,7 +207,7 @@ def ingest_records(session: Session, records: list[SourceRecord], *, run_id: str
         except MappingConfigError as e:
             for r in recs:
                 dead_letter(session, system=system, stream=stream, external_id=r.external_id, stage="map",
-                            reason=str(e), payload=r.payload, run_id=run_id)
+                            reason=str(e), payload={"record": r.model_dump(mode="json")}, run_id=run_id)
                 counts.bump(system, stream, "dead_lettered")
             continue
         ids = [r.external_id for r in recs]
@@ -246,7 +246,7 @@ def _ingest_one(session: Session, r: SourceRecord, mappings: tuple[Mapping, ...]
         mapped = _map(mappings, r)
     except MappingError as e:
         dead_letter(session, system=r.system, stream=r.stream, external_id=r.external_id, stage="map",
-                    reason=str(e), payload=r.payload, run_id=run_id)
+                    reason=str(e), payload={"record": r.model_dump(mode="json")}, run_id=run_id)
         counts.bump(r.system, r.stream, "dead_lettered")
         return
     if not mapped:

@@ -1,0 +1,148 @@
+"""Erasure in the store: find the person, leave tombstones, remove personal data, keep an audit trail.
+
+Erasure is a job with per-system progress kept in an :class:`~identity.store.AuditEntry`, so it is
+idempotent (erasing an erased person changes nothing) and resumable (a crash halfway re-runs only
+the systems not yet done). Tombstones are keyed hashes of normalized identifiers: ingest refuses
+any record carrying one, so the person is not re-imported, and a tombstone reveals nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, or_
+from sqlmodel import Session, select
+
+from identity.ingest import tombstone_hash
+from identity.store import (
+    AuditEntry,
+    ChangeEvent,
+    ConsentEventRow,
+    DeadLetter,
+    GoldenAlias,
+    GoldenRecord,
+    IdentityKey,
+    InteractionRow,
+    OutboundLedger,
+    SourceRow,
+    Tombstone,
+    WebhookEvent,
+)
+from omnisync.model import normalize_email, normalize_phone
+from omnisync.records import utcnow
+
+KEEP_INTERACTION_FIELDS = ("system", "external_id", "channel", "direction", "started_at", "ended_at", "queue")
+
+
+class PersonNotFound(LookupError):
+    pass
+
+
+def find_golden(session: Session, *, email: str | None = None, phone: str | None = None,
+                golden_id: str | None = None) -> str:
+    """The golden id to erase; an already-erased person is found through their tombstone job."""
+    if golden_id:
+        alias = session.get(GoldenAlias, golden_id)
+        gid = alias.golden_id if alias else golden_id
+        if session.get(GoldenRecord, gid) is None:
+            raise PersonNotFound(f"no golden record {golden_id}")
+        return gid
+    kind, value = ("email", normalize_email(email)) if email else ("phone", normalize_phone(phone or ""))
+    row = session.exec(select(IdentityKey.golden_id).where(IdentityKey.kind == kind, IdentityKey.value == value)
+                       .limit(1)).first()
+    if row:
+        return row
+    tomb = session.get(Tombstone, tombstone_hash(kind, value))
+    if tomb is not None and tomb.golden_id:
+        return tomb.golden_id
+    raise PersonNotFound(f"no customer with that {kind}")
+
+
+def job(session: Session, golden_id: str) -> AuditEntry:
+    entry = session.exec(select(AuditEntry).where(AuditEntry.action == "erase", AuditEntry.subject == golden_id)
+                         .order_by(AuditEntry.id.desc()).limit(1)).first()
+    if entry is None:
+        entry = AuditEntry(action="erase", subject=golden_id, detail={"systems": {}, "store": "pending"})
+        session.add(entry)
+        session.flush()
+    return entry
+
+
+def targets(session: Session, golden_id: str) -> dict[str, dict[str, list[str]]]:
+    """Vendor records to erase: system -> stream -> external ids (including ids we created)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for row in session.exec(select(SourceRow).where(SourceRow.golden_id == golden_id)):
+        out.setdefault(row.system, {}).setdefault(row.stream, []).append(row.external_id)
+    for led in session.exec(select(OutboundLedger).where(OutboundLedger.key.like(f"{golden_id}|%"))):
+        if led.external_id:
+            ids = out.setdefault(led.target_system, {}).setdefault(led.target_stream, [])
+            if led.external_id not in ids:
+                ids.append(led.external_id)
+    return out
+
+
+def identifiers(session: Session, golden_id: str) -> set[tuple[str, str]]:
+    ids: set[tuple[str, str]] = set()
+    g = session.get(GoldenRecord, golden_id)
+    if g is not None:
+        ids |= {("email", e) for e in (g.profile or {}).get("emails", [])}
+        ids |= {("phone", p) for p in (g.profile or {}).get("phones", [])}
+    for kind, value in session.exec(select(IdentityKey.kind, IdentityKey.value).where(IdentityKey.golden_id == golden_id)):
+        if kind in ("email", "phone"):
+            ids.add((kind, value))
+    return ids
+
+
+def erase_store(session: Session, golden_id: str) -> dict[str, int]:
+    """Remove the person's personal data from every table; leave tombstones and an erased golden record."""
+    counts: dict[str, int] = {}
+    idents = identifiers(session, golden_id)
+    for kind, value in idents:
+        key = tombstone_hash(kind, value)
+        if session.get(Tombstone, key) is None:
+            session.add(Tombstone(key_hash=key, kind=kind, golden_id=golden_id))
+    counts["tombstones"] = len(idents)
+
+    aliases = list(session.exec(select(GoldenAlias.alias_id).where(GoldenAlias.golden_id == golden_id)))
+    gids = [golden_id, *aliases]
+    source_ids = list(session.exec(select(SourceRow.external_id).where(SourceRow.golden_id.in_(gids))))
+    counts["source_records"] = session.exec(delete(SourceRow).where(SourceRow.golden_id.in_(gids))).rowcount
+    session.exec(delete(IdentityKey).where(IdentityKey.golden_id.in_(gids)))
+    session.exec(delete(ConsentEventRow).where(ConsentEventRow.golden_id.in_(gids)))
+    session.exec(delete(OutboundLedger).where(or_(*[OutboundLedger.key.like(f"{g}|%") for g in gids])))
+    if source_ids:
+        for i in range(0, len(source_ids), 500):
+            session.exec(delete(DeadLetter).where(DeadLetter.external_id.in_(source_ids[i:i + 500])))
+
+    n = 0
+    for it in session.exec(select(InteractionRow).where(InteractionRow.golden_id.in_(gids))):
+        # Keep the contact's shape (channel, time, queue) for workforce statistics; drop what it said.
+        it.data = {k: it.data.get(k) for k in KEEP_INTERACTION_FIELDS if k in (it.data or {})}
+        it.summary, it.disposition, it.agent = None, None, None
+        session.add(it)
+        n += 1
+    counts["interactions_anonymized"] = n
+
+    # Webhook payloads are raw vendor bodies: drop any that name the person.
+    values = [v for _, v in idents]
+    gone = 0
+    if values:
+        for ev in session.exec(select(WebhookEvent)):
+            text = str(ev.payload)
+            if any(v in text or v.lstrip("+") in text for v in values):
+                session.delete(ev)
+                gone += 1
+    counts["webhook_events"] = gone
+
+    g = session.get(GoldenRecord, golden_id)
+    if g is not None:
+        g.status, g.profile, g.lineage, g.updated_at = "erased", {}, {}, utcnow()
+        session.add(g)
+    session.add(ChangeEvent(golden_id=golden_id, kind="erased", detail={"tombstones": len(idents)}))
+    return counts
+
+
+def record_system(entry: AuditEntry, system: str, status: str, detail: Any = None) -> None:
+    systems = dict(entry.detail.get("systems", {}))
+    systems[system] = {"status": status, **({"detail": detail} if detail else {})}
+    entry.detail = {**entry.detail, "systems": systems}
