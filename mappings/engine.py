@@ -245,6 +245,7 @@ def put(payload: dict[str, Any], path: str, value: Any) -> None:
 
 
 def parse_mapping(doc: dict[str, Any], *, path: str = "<memory>") -> Mapping:
+    _vendor_vocabularies()
     for key in ("system", "stream", "kind", "fields"):
         if key not in doc:
             raise MappingConfigError(f"{path}: missing {key!r}")

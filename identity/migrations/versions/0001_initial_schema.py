@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 02:48:47.428793
+Create Date: 2026-11-23 03:06:05.632997
 """
 from alembic import op
 import sqlalchemy as sa
@@ -190,15 +190,19 @@ def upgrade() -> None:
     sa.Column('merged_into', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
     sa.Column('fingerprint', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('payload', sa.JSON(), nullable=False),
+    sa.Column('canonical', sa.JSON(), nullable=False),
+    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('golden_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
     sa.Column('echo', sa.Boolean(), nullable=False),
     sa.Column('ingested_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('resolved_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('pending', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('system', 'stream', 'external_id', name='uq_source_record')
     )
     with op.batch_alter_table('source_record', schema=None) as batch_op:
         batch_op.create_index('ix_source_record_golden', ['golden_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_source_record_pending'), ['pending'], unique=False)
 
     op.create_table('sync_run',
     sa.Column('run_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -244,6 +248,7 @@ def downgrade() -> None:
     op.drop_table('tombstone')
     op.drop_table('sync_run')
     with op.batch_alter_table('source_record', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_source_record_pending'))
         batch_op.drop_index('ix_source_record_golden')
 
     op.drop_table('source_record')
