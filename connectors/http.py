@@ -150,10 +150,11 @@ class RateBudget:
             return
         with self._lock:
             self._refill()
-            if remaining < self._tokens:
+            if remaining <= 0 and window_reset_s is not None:
+                # Spent: nobody may call until the window resets, however full the bucket was.
+                self._tokens = min(self._tokens, -window_reset_s * self.rate)
+            elif remaining < self._tokens:
                 self._tokens = float(remaining)
-                if window_reset_s is not None and remaining <= 0:
-                    self._tokens = -window_reset_s * self.rate
 
 
 @dataclass
