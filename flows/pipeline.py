@@ -20,32 +20,23 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.cache_policies import NO_CACHE
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run as current_flow_run
 
 from connectors.errors import ConnectorError
-from flows import report
+from flows import orchestrate, report
 from flows.connect import CONNECTORS, make_connector
-from flows.push import execute_plan
-from flows.sync import readable_streams, resolve_all, sync_stream
-from identity.ingest import Counts
-from identity.push import plan_push
-from identity.runs import finish_run, start_run
-from identity.store import get_engine, run_in_transaction, session_scope
+from identity.store import get_engine, run_in_transaction
 from omnisync.privacy import install_log_masking
 from omnisync.records import Cursor
 
-ALL_SYSTEMS = ["salesforce", "hubspot", "zoom", "twilio", "sendgrid", "segment"]
-PUSH_SYSTEMS = ["salesforce", "hubspot", "zoom", "segment", "sendgrid"]
+ALL_SYSTEMS = orchestrate.ALL_SYSTEMS
+PUSH_SYSTEMS = orchestrate.PUSH_SYSTEMS
 
 
 def retry_unless_client_error(task, task_run, state) -> bool:
@@ -73,83 +64,45 @@ def _masked_logger() -> logging.Logger | logging.LoggerAdapter:
 
 # --- tasks ---------------------------------------------------------------------------------------
 
-@task(name="sync-stream", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_client_error,
+@task(name="sync-stream", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_client_error,
       task_run_name="sync {system}/{stream}{partition}")
 def sync_stream_task(system: str, stream: str, partition: str = "", start: datetime | None = None,
                      until: datetime | None = None, run_id: str | None = None) -> dict[str, Any]:
-    engine = get_engine()
-    conn = make_connector(system)
     if partition and start is not None:
-        # A partition starts at its window's lower bound the first time it runs.
-        def seed_cursor(s):
-            from identity.ingest import load_cursor, save_cursor
-
-            if load_cursor(s, system, stream, partition) is None:
-                save_cursor(s, system, stream, Cursor(modified_at=start), records=0, partition=partition, run_id=run_id)
-        run_in_transaction(seed_cursor, engine)
-    try:
-        res = sync_stream(engine, conn, stream, run_id=run_id, partition=partition, until=until)
-    finally:
-        conn.close()
-    return {"system": system, "stream": stream, "status": res.status, "message": res.message,
-            "resume_at": res.resume_at.isoformat() if res.resume_at else None,
-            "counts": res.counts.as_dict(), "pages": res.pages, "api_calls": res.api_calls}
+        _seed_partition(system, stream, partition, start, run_id)
+    return orchestrate.sync_stage(system, stream, partition=partition, until=until, run_id=run_id)
 
 
-@task(name="resolve-batch", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_client_error)
-def resolve_task(run_id: str | None = None) -> dict[str, int]:
-    return resolve_all(get_engine(), run_id=run_id)
+def _seed_partition(system: str, stream: str, partition: str, start: datetime, run_id: str | None) -> None:
+    """A partition starts at its window's lower bound the first time it runs."""
+    from identity.ingest import load_cursor, save_cursor
+
+    def seed(s):
+        if load_cursor(s, system, stream, partition) is None:
+            save_cursor(s, system, stream, Cursor(modified_at=start), records=0, partition=partition, run_id=run_id)
+    run_in_transaction(seed, get_engine())
 
 
-@task(name="plan-push")
-def plan_task(systems: list[str], full: bool = False) -> Any:
-    with session_scope(get_engine()) as s:
-        plan = plan_push(s, systems, full=full)
-    return plan
-
-
-@task(name="write-push", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_client_error)
-def push_task(plan: Any, systems: list[str], force: bool = False, run_id: str | None = None) -> dict[str, Any]:
-    conns = {s: make_connector(s) for s in systems if any(k[0] == s for k in plan.streams) or
-             any(m[0] == s for m in plan.merges)}
-    try:
-        result = execute_plan(get_engine(), plan, conns, run_id=run_id, force=force)
-    finally:
-        for c in conns.values():
-            c.close()
-    return {"counts": {k: dict(v) for k, v in result.counts.items()}, "api_calls": result.api_calls,
-            "failed": result.failed_systems, "alarms": result.alarms, "merges": result.merges}
-
-
-@task(name="drain-webhooks")
-def drain_webhooks_task(vendor: str | None = None, run_id: str | None = None) -> dict[str, Any]:
-    from flows.webhooks import drain
-
-    return drain(get_engine(), vendor=vendor, run_id=run_id)
+resolve_task = task(name="resolve-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+                    retry_condition_fn=retry_unless_client_error)(orchestrate.resolve_stage)
+plan_task = task(name="plan-push", cache_policy=NO_CACHE)(orchestrate.plan_stage)
+push_task = task(name="write-push", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+                 retry_condition_fn=retry_unless_client_error)(orchestrate.push_stage)
+drain_webhooks_task = task(name="drain-webhooks", cache_policy=NO_CACHE)(orchestrate.drain_stage)
+PREFECT_STAGES = orchestrate.Stages(sync=sync_stream_task, resolve=resolve_task, plan=plan_task, push=push_task,
+                                    drain=drain_webhooks_task)
 
 
 # --- flows ---------------------------------------------------------------------------------------
-
-def _collect(results: list[dict[str, Any]]) -> Counts:
-    total = Counts()
-    for r in results:
-        for key, c in r["counts"].items():
-            system, stream = key.split("/", 1)
-            for k, v in c.items():
-                total.bump(system, stream, k, v)
-    return total
-
 
 @flow(name="sync-system", log_prints=False)
 def sync_system(system: str, streams: list[str] | None = None) -> dict[str, Any]:
     """Incremental read of one system's streams into the golden store."""
     logger = _masked_logger()
     run_id = _run_id()
-    conn = make_connector(system)
-    names = streams or readable_streams(conn)
-    conn.close()
+    names = streams or orchestrate.streams_of(system)
     results = [sync_stream_task(system, s, run_id=run_id) for s in names]
-    counts = _collect(results)
+    counts = orchestrate.collect(results)
     report.counts_artifact(counts, key=f"sync-{system}", title=f"{system} sync")
     for r in results:
         if r["status"] == "quota":
@@ -187,46 +140,16 @@ def omnichannel_sync(systems: list[str] | None = None, push: bool = True, force_
     """The whole loop: drain webhooks, sync every system, resolve identities, push back."""
     logger = _masked_logger()
     run_id = _run_id()
-    systems = systems or ALL_SYSTEMS
-    engine = get_engine()
-    run_in_transaction(lambda s: start_run(s, run_id, "omnichannel-sync"), engine)
-    webhook_counts = drain_webhooks_task(run_id=run_id)
-    results = []
-    for system in systems:
-        conn = make_connector(system)
-        names = readable_streams(conn)
-        conn.close()
-        results += [sync_stream_task(system, s, run_id=run_id) for s in names]
-    counts = _collect(results)
-    counts.merge(Counts(by_stream={k: v for k, v in _webhook_counts(webhook_counts).by_stream.items()}))
-    resolved = resolve_task(run_id=run_id)
-    pushed = None
-    if push:
-        push_systems = [s for s in PUSH_SYSTEMS if s in systems]
-        plan = plan_task(push_systems)
-        pushed = push_task(plan, push_systems, force=force_push, run_id=run_id)
-    quota = [r for r in results if r["status"] == "quota"]
-    status = "partial" if quota or (pushed and pushed["failed"]) else "completed"
-    summary = {"counts": counts.as_dict(), "resolved": resolved, "pushed": pushed, "webhooks": webhook_counts,
-               "reconciles": counts.reconciles()}
-    run_in_transaction(lambda s: finish_run(s, run_id, status=status, counts=summary,
-                                            flagged="loop alarm" if pushed and pushed["alarms"] else None), engine)
-    report.counts_artifact(counts, key="omnichannel-counts", title="Records per system and stream",
-                           pushed=pushed, resolved=resolved)
-    report.merge_summary_artifact(engine, run_id)
-    for r in quota:
-        logger.warning("%s/%s stopped at its checkpoint (quota); resume after %s", r["system"], r["stream"],
-                       r["resume_at"] or "the quota resets")
+    summary = orchestrate.omnichannel(systems=systems, push=push, force_push=force_push, run_id=run_id,
+                                      stages=PREFECT_STAGES)
+    report.counts_artifact(orchestrate.collect([summary]), key="omnichannel-counts",
+                           title="Records per system and stream", pushed=summary["pushed"],
+                           resolved=summary["resolved"])
+    report.merge_summary_artifact(get_engine(), run_id)
+    for q in summary["quota_stops"]:
+        logger.warning("%s/%s stopped at its checkpoint (quota); resume after %s", q["system"], q["stream"],
+                       q["resume_at"] or "the quota resets")
     return summary
-
-
-def _webhook_counts(out: dict[str, Any]) -> Counts:
-    c = Counts()
-    for key, vals in (out or {}).get("counts", {}).items():
-        system, stream = key.split("/", 1)
-        for k, v in vals.items():
-            c.bump(system, stream, k, v)
-    return c
 
 
 @flow(name="backfill")
@@ -259,7 +182,7 @@ def backfill(system: str, stream: str, start: datetime, end: datetime | None = N
         for i, f in enumerate(futures, 1):
             results.append(f.result())
             update_progress_artifact(progress, progress=100.0 * i / len(futures))
-    counts = _collect([r for r in results if "counts" in r])
+    counts = orchestrate.collect([r for r in results if "counts" in r])
     report.counts_artifact(counts, key=f"backfill-{system}", title=f"{system}/{stream} backfill")
     return {"windows": len(windows), "counts": counts.as_dict()}
 
@@ -352,7 +275,3 @@ def drain_webhooks(vendor: str | None = None) -> dict[str, Any]:
     out = drain_webhooks_task(vendor=vendor, run_id=run_id)
     resolve_task(run_id=run_id)
     return out
-
-
-def since_days(days: int) -> datetime:
-    return datetime.now(timezone.utc) - timedelta(days=days)
