@@ -164,8 +164,12 @@ def _existing(session: Session, system: str, stream: str, ids: list[str]) -> dic
     found: dict[str, SourceRow] = {}
     for i in range(0, len(ids), CHUNK):
         part = ids[i:i + CHUNK]
+        # Row locks (PostgreSQL; SQLite has one writer anyway) taken in key order: a concurrent
+        # writer of the same records waits and then compares against the committed version, so a
+        # newer version is never overwritten by an older one (no lost updates, no deadlock cycles).
         rows = session.exec(select(SourceRow).where(SourceRow.system == system, SourceRow.stream == stream,
-                                                    SourceRow.external_id.in_(part)))
+                                                    SourceRow.external_id.in_(part))
+                            .order_by(SourceRow.external_id).with_for_update())
         found.update({r.external_id: r for r in rows})
     return found
 
@@ -210,7 +214,7 @@ def ingest_records(session: Session, records: list[SourceRecord], *, run_id: str
                             reason=str(e), payload={"record": r.model_dump(mode="json")}, run_id=run_id)
                 counts.bump(system, stream, "dead_lettered")
             continue
-        ids = [r.external_id for r in recs]
+        ids = sorted(r.external_id for r in recs)
         existing = _existing(session, system, stream, ids)
         ledger = _ledger(session, system, stream, ids)
         for r in recs:
@@ -290,7 +294,8 @@ def _ingest_one(session: Session, r: SourceRecord, mappings: tuple[Mapping, ...]
 def _upsert_interaction(session: Session, data: dict[str, Any], fp: str) -> None:
     it = Interaction.model_validate(data)
     row = session.exec(select(InteractionRow).where(InteractionRow.system == it.system,
-                                                    InteractionRow.external_id == it.external_id)).one_or_none()
+                                                    InteractionRow.external_id == it.external_id)
+                       .with_for_update()).one_or_none()
     if row is None:
         row = InteractionRow(system=it.system, external_id=it.external_id, channel=it.channel.value,
                              direction=it.direction.value, started_at=it.started_at, fingerprint=fp)
