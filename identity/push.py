@@ -300,6 +300,9 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
             key = ledger_key(g.golden_id, row.external_id)
             led = ledger.get(key)
             wrote = (led.payload or {}).get("vendor", {}) if led else {}
+            # Until the target has been read again since our write, its stored state is stale:
+            # what we wrote is not repeated. Once re-read, a value still differing was changed back.
+            not_back_yet = led is not None and (led.payload or {}).get("row_fp") == row.fingerprint
             change = {}
             overwrite = False
             for path, value in desired.items():
@@ -307,9 +310,8 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
                     continue  # never blank a field the target has: absence is not a fact
                 if _norm(current.get(path)) == _norm(value):
                     continue
-                if path in wrote and _norm(wrote[path]) == _norm(value) and led and \
-                        _norm(current.get(path)) == _norm(led.payload.get("seen", {}).get(path)):
-                    continue  # already written and the target has not answered yet
+                if not_back_yet and path in wrote and _norm(wrote[path]) == _norm(value):
+                    continue
                 change[path] = value
                 if current.get(path) not in (None, "") and path not in _link_paths(mapping, linked_ids):
                     overwrite = True
@@ -357,7 +359,8 @@ def _add(sp: StreamPlan, rec: OutboundRecord, change: dict[str, Any], mapping: M
         sp.fields[path] += 1
     sp.creates += creates
     sp.overwrites += overwrite
-    sp.ledger[rec.key] = {"vendor": change, "seen": {**(seen or {}), **change},
+    # "seen"/"row_fp": the target's state before this write (see not_back_yet above).
+    sp.ledger[rec.key] = {"vendor": change, "seen": dict(seen or {}), "row_fp": row.fingerprint if row else None,
                           "expected": expected_fingerprint(mapping, row, rec.payload)}
 
 
@@ -469,7 +472,8 @@ def record_outcomes(session: Session, sp: StreamPlan, outcomes: list[WriteOutcom
                                                     fingerprint="")
         vendor = {**((row.payload or {}).get("vendor", {})), **info.get("vendor", {})}
         bounced = bool(row.payload) and any(p in (row.payload or {}).get("vendor", {}) for p in info.get("vendor", {}))
-        row.payload = {"vendor": vendor, "seen": info.get("seen", {}), "expected": info.get("expected")}
+        row.payload = {"vendor": vendor, "seen": info.get("seen", {}), "row_fp": info.get("row_fp"),
+                       "expected": info.get("expected")}
         row.fingerprint = fingerprint(vendor)
         row.inbound_fingerprint = info.get("expected")
         row.external_id = o.external_id or row.external_id

@@ -1,0 +1,121 @@
+"""The push planner writes only what changed, recognizes its echo, and refuses runaway pushes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlmodel import select
+
+from flows.push import execute_plan
+from identity import push as planner
+from identity.ingest import ingest_records
+from identity.push import CircuitOpen, plan_push
+from identity.store import ChangeEvent, DeadLetter, GoldenRecord, OutboundLedger, SourceRow, get_engine, session_scope
+from omnisync.model import CustomerProfile
+from tests.fakes import T0, FakeConnector
+from tests.test_ingest import PROFILE, _acme_mappings  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def _acme_policy(monkeypatch):
+    own = {"defaults": {"breaker_share": 0.25, "breaker_min_records": 20, "loop_threshold": 3},
+           "systems": {"acme": {"profile_stream": "people", "create": True, "create_requires": "emails",
+                                "duplicates": "link"}}}
+    monkeypatch.setattr(planner, "ownership", lambda: own)
+    monkeypatch.setattr(planner, "load_mapping", lambda system, stream: PROFILE)
+
+
+def golden(s, gid, first, email, *, rows=()):
+    s.add(GoldenRecord(golden_id=gid, profile=CustomerProfile(first_name=first, emails=[email]).model_dump(mode="json")))
+    s.add(ChangeEvent(golden_id=gid, kind="created"))
+    for ext, seen_first in rows:
+        canon = {"profile": CustomerProfile(first_name=seen_first, emails=[email],
+                                            external_ids={"acme": ext}).model_dump(mode="json")}
+        s.add(SourceRow(system="acme", stream="people", external_id=ext, modified_at=T0, fingerprint="f",
+                        payload={"first": seen_first, "email": email}, canonical=canon, golden_id=gid, pending=False))
+
+
+def test_only_changed_fields_are_written_and_a_rerun_writes_nothing(store_url):
+    engine = get_engine(store_url)
+    conn = FakeConnector({"p1": {"first": "Amy", "email": "amara@example.com"}})
+    with session_scope(engine) as s:
+        golden(s, "G1", "Amara", "amara@example.com", rows=[("p1", "Amy")])
+    with session_scope(engine) as s:
+        plan = plan_push(s, ["acme"])
+    (rec,) = plan.streams[("acme", "people")].records
+    assert rec.payload == {"first": "Amara", "golden": "G1"}, "only the changed name and the link"
+    execute_plan(engine, plan, {"acme": conn})
+    assert conn.people["p1"]["first"] == "Amara"
+    with session_scope(engine) as s:
+        assert plan_push(s, ["acme"], full=True).total == 0, "what we wrote is not written again"
+
+
+def test_our_write_read_back_is_an_echo_not_a_new_fact(store_url):
+    engine = get_engine(store_url)
+    conn = FakeConnector({"p1": {"first": "Amy", "email": "amara@example.com"}})
+    with session_scope(engine) as s:
+        golden(s, "G1", "Amara", "amara@example.com", rows=[("p1", "Amy")])
+    with session_scope(engine) as s:
+        plan = plan_push(s, ["acme"])
+    execute_plan(engine, plan, {"acme": conn})
+    conn.stamps["p1"] = T0 + timedelta(minutes=1)
+    page = list(conn.read("people"))[0]
+    with session_scope(engine) as s:
+        counts = ingest_records(s, page.records)
+        row = s.exec(select(SourceRow)).one()
+    assert counts.total("echoes") == 1 and row.echo and not row.pending
+
+
+def test_missing_records_are_created_once_by_unique_identifier(store_url):
+    engine = get_engine(store_url)
+    conn = FakeConnector({})
+    with session_scope(engine) as s:
+        golden(s, "G2", "Lee", "lee@example.com")
+    with session_scope(engine) as s:
+        plan = plan_push(s, ["acme"])
+    (rec,) = plan.streams[("acme", "people")].records
+    assert rec.match == {"email": "lee@example.com"} or rec.match == {"golden": "G2"}
+    execute_plan(engine, plan, {"acme": conn})
+    with session_scope(engine) as s:
+        assert plan_push(s, ["acme"], full=True).total == 0
+    assert len(conn.people) == 1
+
+
+def test_circuit_breaker_refuses_a_mass_overwrite_unless_forced(store_url):
+    engine = get_engine(store_url)
+    with session_scope(engine) as s:
+        for i in range(30):
+            golden(s, f"G{i}", f"New{i}", f"p{i}@example.com", rows=[(f"p{i}", f"Old{i}")])
+    with session_scope(engine) as s:
+        plan = plan_push(s, ["acme"])
+    conn = FakeConnector({f"p{i}": {"first": f"Old{i}"} for i in range(30)})
+    with pytest.raises(CircuitOpen, match="--force"):
+        execute_plan(engine, plan, {"acme": conn})
+    assert conn.writes == []
+    execute_plan(engine, plan, {"acme": conn}, force=True)
+    assert all(conn.people[f"p{i}"]["first"] == f"New{i}" for i in range(30))
+
+
+def test_a_record_changed_back_every_run_raises_a_loop_alarm(store_url):
+    engine = get_engine(store_url)
+    conn = FakeConnector({"p1": {"first": "Amy", "email": "amara@example.com"}})
+    with session_scope(engine) as s:
+        golden(s, "G1", "Amara", "amara@example.com", rows=[("p1", "Amy")])
+    alarms = 0
+    for run in range(4):
+        with session_scope(engine) as s:
+            plan = plan_push(s, ["acme"], full=True)
+        alarms += len(plan.alarms)
+        execute_plan(engine, plan, {"acme": conn}, run_id=None)
+        # Someone in the target system sets the name back after every push.
+        with session_scope(engine) as s:
+            row = s.exec(select(SourceRow)).one()
+            row.canonical = {"profile": {**row.canonical["profile"], "first_name": "Amy"}}
+            row.fingerprint = f"reread-{run}"  # as a sync re-reading the reverted record would
+            s.add(row)
+    assert alarms >= 1
+    with session_scope(engine) as s:
+        letters = list(s.exec(select(DeadLetter).where(DeadLetter.stage == "loop")))
+        led = s.exec(select(OutboundLedger)).one()
+    assert letters and "loop alarm" in letters[0].reason and led.bounces >= 2
