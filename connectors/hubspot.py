@@ -103,6 +103,9 @@ class HubSpotConnector(Connector):
         "contacts": StreamSpec("contacts", "profile", "contacts", page_size=SEARCH_PAGE, write_batch=BATCH),
         "companies": StreamSpec("companies", "account", "companies", page_size=SEARCH_PAGE, write_batch=BATCH),
         **{t: StreamSpec(t, "interaction", t, page_size=SEARCH_PAGE, write_batch=BATCH) for t in ENGAGEMENTS},
+        # Notes are agents' free text, not customer contacts: omnisync writes them, never syncs them in.
+        "notes": StreamSpec("notes", "interaction", "notes", page_size=SEARCH_PAGE, write_batch=BATCH,
+                            incremental=False),
     }
 
     def __init__(self, credentials: HubSpotCredentials, *, budget: RateBudget | None = None,
