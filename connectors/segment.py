@@ -41,6 +41,7 @@ from connectors.base import (
 from connectors.credentials import SegmentCredentials
 from connectors.errors import AuthError, BadRequestError
 from connectors.http import HttpLayer, RateBudget, RetryPolicy, TokenPaging, paginate, parse_retry_after
+from omnisync.privacy import mask_text
 
 MAX_MESSAGE = 32 * 1024
 MAX_BATCH = 500 * 1024
@@ -257,7 +258,7 @@ class SegmentConnector(Connector):
         return msg
 
     def _problem(self, stream: str, rec: OutboundRecord, msg: dict[str, Any]) -> str | None:
-        where = f"segment/{stream} record {rec.key}"
+        where = f"segment/{stream} record {mask_text(rec.key)}"
         if "userId" not in msg and "anonymousId" not in msg:
             return (f"{where}: field userId is missing; mappings/segment/{stream}.yaml must map golden_id "
                     "to userId")
@@ -275,7 +276,7 @@ class SegmentConnector(Connector):
             self.tracking.request("POST", "/v1/batch", json=body)
         except BadRequestError as e:
             return {i: WriteOutcome(rec.key, WriteStatus.failed, retryable=False,
-                                    error=f"segment/{stream} record {rec.key}: the batch was rejected "
+                                    error=f"segment/{stream} record {mask_text(rec.key)}: the batch was rejected "
                                           f"(HTTP {e.status}); check message sizes and JSON")
                     for i, rec, _, _ in batch}
         status = WriteStatus.updated if stream == "identify" else WriteStatus.created

@@ -40,9 +40,11 @@ from connectors.base import (
 from connectors.credentials import SendGridCredentials
 from connectors.errors import BadRequestError, ConnectorError, PaginationLoopError
 from connectors.http import HttpLayer, Paging, RateBudget, RetryPolicy, paginate
+from omnisync.privacy import mask_text
 
 HISTORY = timedelta(days=30)
 MAX_HISTORY = timedelta(days=3 * 365)
+TARGET_FILL = 0.75
 QUOTA_RESET_S = 600.0  # a 429 resetting later than this is a spent quota, not a throttle
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -183,9 +185,9 @@ class SendGridConnector(Connector):
                 cursor = cursor.advance(records)
                 yield Page(records, cursor)
             lo = w_hi
-            # Aim for half-full windows: fewer calls on sparse days, fewer re-asks on busy ones.
+            # Aim windows at TARGET_FILL of a page: larger wastes re-asks when traffic swings, smaller wastes calls.
             fill = len(msgs) / limit
-            factor = 4.0 if fill < 0.125 else 0.5 / max(fill, 0.01)
+            factor = 4.0 if fill < 0.125 else TARGET_FILL / max(fill, 0.01)
             width = min(timedelta(days=30), max(timedelta(seconds=1), width * min(4.0, factor)))
 
     def _message_record(self, m: dict[str, Any]) -> SourceRecord:
@@ -224,7 +226,7 @@ class SendGridConnector(Connector):
             if not isinstance(email, str) or not _EMAIL.match(email.strip()):
                 outcomes[rec.key] = WriteOutcome(
                     rec.key, WriteStatus.failed, retryable=False,
-                    error=f"suppressions record {rec.key}: field email is missing or not an address; "
+                    error=f"suppressions record {mask_text(rec.key)}: field email is missing or not an address; "
                           "fix the golden record's email before pushing the opt-out")
             else:
                 valid.append((rec, email.strip().lower()))
@@ -237,7 +239,8 @@ class SendGridConnector(Connector):
                     raise
                 for rec, _ in batch:
                     outcomes[rec.key] = WriteOutcome(rec.key, WriteStatus.failed, retryable=False,
-                                                     error=f"suppressions record {rec.key}: SendGrid rejected the "
+                                                     error=f"suppressions record {mask_text(rec.key)}: SendGrid "
+                                                           f"rejected the "
                                                            f"batch (HTTP {e.status}); check the addresses")
                 continue
             for rec, email in batch:

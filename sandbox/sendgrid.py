@@ -404,6 +404,7 @@ class SendGridSandbox(Sandbox):
             if event not in WEBHOOK_EVENTS | {"processed", "deferred"}:
                 return _errors(400, f"event must be one of {sorted(WEBHOOK_EVENTS)}", "event")
             at = datetime.fromisoformat(body["at"]) if body.get("at") else datetime.now(timezone.utc)
+            at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
             extra = {"asm_group_id": int(body.get("asm_group_id", 1001))} if event.startswith("group_") else {}
             with sb.lock:
                 msgs = [m for m in sb.messages.values() if m["to_email"].strip().lower() == email]
