@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -208,7 +209,7 @@ class HubSpotConnector(Connector):
         props = ", ".join((body.get("context") or {}).get("propertyName") or [])
         message = f"{what} failed" + (f" on property {props}" if props else "")
         if status >= 400 and status != 429 and body.get("message"):
-            message += f": {mask_text(str(body['message']))[:200]}"
+            message += f": {_scrub(body['message'])[:200]}"
         return error_for(status, message, system=self.system, code=code,
                          retry_after=parse_retry_after(headers.get("Retry-After")),
                          resume_at=_next_midnight() if code == "DAILY" else None)
@@ -506,7 +507,12 @@ def _record_error(stream: str, key: str, err: dict[str, Any]) -> str:
             "OBJECT_NOT_FOUND": "the record was deleted or merged in HubSpot; sync it again, then re-run the push"
             }.get(err.get("category"), "fix the mapping or the golden value for the field named")
     field = f" property {props}" if props else ""
-    return f"hubspot/{stream} record {key}:{field} rejected ({what}): {mask_text(str(err.get('message', '')))[:160]}; {hint}"
+    return f"hubspot/{stream} record {key}:{field} rejected ({what}): {_scrub(err.get('message', ''))[:160]}; {hint}"
+
+
+def _scrub(text: Any) -> str:
+    """Vendor messages often echo the rejected value: mask it, malformed addresses included."""
+    return re.sub(r"\S*@\S*", "***", mask_text(str(text)))
 
 
 def _next_midnight() -> datetime:

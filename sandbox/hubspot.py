@@ -354,7 +354,8 @@ class Limits:
     """HubSpot's documented API limits (defaults: Free/Starter burst, Pro daily)."""
 
     enabled: bool = True
-    ten_secondly: int = 100
+    ten_secondly: int = 100  # requests per rolling interval (the name HubSpot gives its policy)
+    interval_s: float = 10.0  # shortened only by tests that must not wait ten seconds
     search_per_second: int = 5
     daily: int = 650_000
 
@@ -849,12 +850,12 @@ class HubSpotSandbox(Sandbox):
     # --- limits ---------------------------------------------------------------------------------
     def _usage_headers(self, now: float) -> dict[str, str]:
         lim = self.limits
-        while self.window and self.window[0] <= now - 10:
+        while self.window and self.window[0] <= now - lim.interval_s:
             self.window.popleft()
         daily = self.faults.daily_quota if self.faults.daily_quota is not None else lim.daily
         return {"X-HubSpot-RateLimit-Daily": str(daily),
                 "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, daily - max(self.daily_used, self.calls_used))),
-                "X-HubSpot-RateLimit-Interval-Milliseconds": "10000",
+                "X-HubSpot-RateLimit-Interval-Milliseconds": str(int(lim.interval_s * 1000)),
                 "X-HubSpot-RateLimit-Max": str(lim.ten_secondly),
                 "X-HubSpot-RateLimit-Remaining": str(max(0, lim.ten_secondly - len(self.window))),
                 "X-HubSpot-RateLimit-Secondly": str(lim.ten_secondly // 10),
@@ -864,7 +865,8 @@ class HubSpotSandbox(Sandbox):
     def _limit_response(self, policy: str, retry_after: int | None) -> Response:
         names = {"TEN_SECONDLY_ROLLING": "ten_secondly_rolling", "DAILY": "daily", "SECONDLY": "secondly"}
         body = {"status": "error", "message": f"You have reached your {names[policy]} limit.",
-                "errorType": "RATE_LIMIT", "correlationId": str(uuid.uuid4()), "policyName": policy,
+                "errorType": "RATE_LIMIT", "category": "RATE_LIMITS", "correlationId": str(uuid.uuid4()),
+                "policyName": policy,
                 "groupName": f"publicapi:{'crm-search' if policy == 'SECONDLY' else 'app'}:{APP_ID}"}
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         return _json(body, 429, headers)
@@ -887,7 +889,7 @@ class HubSpotSandbox(Sandbox):
                     return self._limit_response("SECONDLY", 1), headers
                 self.search_window.append(now)
             if len(self.window) >= lim.ten_secondly:
-                wait = max(1, int(self.window[0] + 10 - now + 0.999))
+                wait = max(1, int(self.window[0] + lim.interval_s - now + 0.999))
                 return self._limit_response("TEN_SECONDLY_ROLLING", wait), headers
             self.window.append(now)
             self.daily_used += 1
@@ -1207,8 +1209,8 @@ class HubSpotSandbox(Sandbox):
             return 200, out
 
         def assoc_item(ftype: str, ttype: str, tid: int) -> dict[str, Any]:
-            return {"toObjectId": tid, "associationTypes": [
-                {"category": "HUBSPOT_DEFINED", "typeId": ASSOC_TYPE.get((ftype, ttype), 1), "label": None}]}
+            return {"toObjectId": str(tid), "associationTypes": [
+                {"category": "HUBSPOT_DEFINED", "typeId": ASSOC_TYPE.get((ftype, ttype), 1)}]}
 
         @handler
         def assoc_put_default(request: Request, body: Any, from_type: str, from_id: str, to_type: str, to_id: str):
