@@ -501,7 +501,9 @@ def _json_body(raw: Any) -> dict[str, Any]:
 def _record_error(stream: str, key: str, err: dict[str, Any]) -> str:
     ctx = err.get("context") or {}
     props = ", ".join(ctx.get("propertyName") or [])
-    what = err.get("subCategory") or err.get("category") or "error"
+    details = [d.get("code") for d in err.get("errors") or [] if isinstance(d, dict) and d.get("code")]
+    sub = err.get("subCategory") if isinstance(err.get("subCategory"), str) else None
+    what = sub or (details[0] if details else None) or err.get("category") or "error"
     hint = {"CONFLICT": "another HubSpot record already holds this unique value; sync contacts so the two are "
                         "linked, or merge them",
             "OBJECT_NOT_FOUND": "the record was deleted or merged in HubSpot; sync it again, then re-run the push"

@@ -984,7 +984,7 @@ class HubSpotSandbox(Sandbox):
             return {"status": "error", "category": e.category, "message": e.message, "context": ctx,
                     "errors": [{"message": e.message, "code": e.sub or e.category,
                                 "context": {k: v for k, v in ctx.items() if k == "propertyName"}}],
-                    "links": {}, **({"subCategory": e.sub} if e.sub else {})}
+                    "links": {}}
 
         # list, create
         @handler
