@@ -13,6 +13,8 @@ One file per system and stream under ``mappings/<system>/<stream>.yaml``::
 
 * ``source`` is a dotted path into the payload, or a list of paths gathered into a list field
   (``emails``, ``phones``); outbound writes the list's first element to the first path.
+  ``$`` is the whole payload, for inbound-only transforms that read several vendor fields at once
+  (an SMS's customer is ``from`` or ``to`` depending on its direction).
 * ``transform`` names a function in :mod:`mappings.transforms` (inverse used outbound).
 * Vendor vocabularies (channel names, event types) are value maps registered in
   ``mappings/vocab_<system>.py`` and named like any transform.
@@ -222,6 +224,8 @@ def _first_loc(e: ValidationError) -> str:
 
 
 def dig(payload: Any, path: str) -> Any:
+    if path == "$":
+        return payload
     cur = payload
     for part in path.split("."):
         if isinstance(cur, dict):
@@ -267,6 +271,8 @@ def parse_mapping(doc: dict[str, Any], *, path: str = "<memory>") -> Mapping:
         sources = (src,) if isinstance(src, str) else tuple(src)
         if not sources and "const" not in spec:
             raise MappingConfigError(f"{path}: {target}: needs 'source' or 'const'")
+        if "$" in sources and direction in ("out", "both"):
+            raise MappingConfigError(f"{path}: {target}: source '$' (the whole payload) is inbound only")
         fields.append(FieldMap(target=target, sources=sources, transform=transform,
                                direction=direction, const=spec.get("const")))
     return Mapping(system=doc["system"], stream=doc["stream"], kind=doc["kind"], fields=fields, path=path)
