@@ -141,7 +141,7 @@ class TwilioConnector(Connector):
         return str(body["code"]) if body.get("code") is not None else None
 
     def _json(self, url: str, *, params: dict[str, Any] | None = None) -> Any:
-        for _ in range(2):  # a truncated body is asked for once more
+        for _ in range(self.policy.attempts):  # a truncated body is asked for again
             try:
                 resp = self.http.request("GET", url, params=params, endpoint=self._base + "/Messages.json")
             except QuotaExhaustedError as e:

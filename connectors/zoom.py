@@ -168,7 +168,7 @@ class ZoomConnector(Connector):
 
     def _json(self, method: str, url: str, **kw: Any) -> Any:
         """A GET (or an idempotent call) decoded; a truncated body is asked for once more."""
-        for _ in range(2):
+        for _ in range(self.policy.attempts):
             resp = self._call(method, url, **kw)
             try:
                 return resp.json()
