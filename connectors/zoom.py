@@ -167,7 +167,7 @@ class ZoomConnector(Connector):
                                       status=e.status, code=e.code, resume_at=e.resume_at or _next_midnight()) from e
 
     def _json(self, method: str, url: str, **kw: Any) -> Any:
-        """A GET (or an idempotent call) decoded; a truncated body is asked for once more."""
+        """A GET (or another idempotent call) decoded; a truncated body is asked for again."""
         for _ in range(self.policy.attempts):
             resp = self._call(method, url, **kw)
             try:

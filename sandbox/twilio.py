@@ -157,7 +157,8 @@ class TwilioSandbox(Sandbox):
                     self.outbound(CARE, p.mobile, r.choice(AGENT_ANSWERS), t, r, status="delivered",
                                   direction="outbound-reply")
         if r.random() < 0.3:
-            t += timedelta(days=r.randrange(1, 20))
+            # Offers go out on their own schedule, early enough that replies stay in the past.
+            t = SEED_FROM + timedelta(seconds=r.randrange(span - 10 * 86400))
             self.outbound(MARKETING, p.mobile, r.choice(OFFERS), t, r, status="delivered")
             if r.random() < 0.06:
                 t += timedelta(seconds=r.randrange(60, 3600))
