@@ -39,6 +39,8 @@ class SegmentCredentials(_Creds):
     profile_url: str = "https://profiles.segment.com"
     space_id: str | None = None
     profile_token: SecretStr | None = None
+    public_api_url: str = "https://api.segmentapis.com"  # regulations (user deletion and suppression)
+    public_api_token: SecretStr | None = None
 
 
 class TwilioCredentials(_Creds):

@@ -25,7 +25,7 @@ from typing import Any
 import urllib3
 from hubspot import HubSpot
 from hubspot.crm.associations.v4 import models as assoc_models
-from hubspot.crm.contacts.models import PublicMergeInput
+from hubspot.crm.contacts.models import PublicGdprDeleteInput, PublicMergeInput
 from hubspot.crm.objects import models as obj_models
 from urllib3.util.retry import Retry
 
@@ -34,6 +34,7 @@ from connectors.credentials import HubSpotCredentials
 from connectors.errors import (
     AuthError,
     ConnectorError,
+    NotFoundError,
     QuotaExhaustedError,
     TransientError,
     error_for,
@@ -135,6 +136,10 @@ class HubSpotConnector(Connector):
     @property
     def api_calls(self) -> int:
         return sum(self.calls.values())
+
+    def close(self) -> None:
+        for api in (self.objects, self.batch, self.searcher, self.contacts_api, self.assoc):
+            api.api_client.rest_client.pool_manager.clear()
 
     def _instrument(self, api: Any) -> Any:
         rest = api.api_client.rest_client
@@ -424,7 +429,8 @@ class HubSpotConnector(Connector):
                 outcomes[i] = WriteOutcome(r.key, WriteStatus.failed, error=_record_error(stream, r.key, err),
                                            retryable=err.get("category") in RETRYABLE_CATEGORIES)
 
-    def _associate(self, stream: str, rows: list[tuple[int, OutboundRecord]], outcomes: dict[int, WriteOutcome]) -> None:
+    def _associate(self, stream: str, rows: list[tuple[int, OutboundRecord]],
+                   outcomes: dict[int, WriteOutcome]) -> None:
         links = [(i, r) for i, r in rows if r.associations.get("contact")]
         for part in chunks(links, ASSOC_WRITE):
             request = assoc_models.BatchInputPublicDefaultAssociationMultiPost(inputs=[
@@ -433,7 +439,8 @@ class HubSpotConnector(Connector):
                     to=assoc_models.PublicObjectId(id=str(r.associations["contact"]))) for i, r in part])
             body = self._call(f"associate {stream}", lambda q=request: self.assoc.create_default(
                 stream, "contacts", q, _preload_content=False, _request_timeout=self.timeout)) or {}
-            failed = {str(x) for err in body.get("errors") or [] for x in (err.get("context") or {}).get("fromObjectId", [])}
+            failed = {str(x) for err in body.get("errors") or []
+                      for x in (err.get("context") or {}).get("fromObjectId", [])}
             for i, r in part:
                 if outcomes[i].external_id in failed:
                     outcomes[i] = WriteOutcome(r.key, WriteStatus.failed, external_id=outcomes[i].external_id,
@@ -447,6 +454,49 @@ class HubSpotConnector(Connector):
             PublicMergeInput(primary_object_id=str(primary_id), object_id_to_merge=str(merged_id)),
             _preload_content=False, _request_timeout=self.timeout))
         return str(body["id"])
+
+
+    # --- erasure -------------------------------------------------------------------------------
+    def erase(self, stream: str, ids: Sequence[str]) -> list[WriteOutcome]:
+        """Erase a person's records: contacts by GDPR delete, anything else by batch archive.
+
+        HubSpot's GDPR delete removes the contact for good together with the engagements that
+        concern only it, and blocklists its email so a form or import cannot bring it back. An id
+        HubSpot no longer knows was erased (or merged away and erased) before: that is success, so
+        a resumed erasure job passes over it. Engagements written under other ids are archived
+        (HubSpot keeps no API for their permanent deletion; the contact's purge already took
+        every engagement associated with it).
+        """
+        self.stream(stream)
+        outcomes: list[WriteOutcome] = []
+        if stream == "contacts":
+            for oid in ids:
+                try:
+                    self._call("gdpr delete contact", lambda oid=oid: self.contacts_api.purge(
+                        PublicGdprDeleteInput(object_id=str(oid)), _preload_content=False,
+                        _request_timeout=self.timeout))
+                    outcomes.append(WriteOutcome(str(oid), WriteStatus.deleted, external_id=str(oid)))
+                except NotFoundError:
+                    outcomes.append(WriteOutcome(str(oid), WriteStatus.unchanged, external_id=str(oid)))
+                except (QuotaExhaustedError, AuthError):
+                    raise
+                except ConnectorError as e:
+                    outcomes.append(WriteOutcome(str(oid), WriteStatus.failed, external_id=str(oid),
+                                                 error=f"hubspot/contacts record {oid}: {e}", retryable=e.retryable))
+            return outcomes
+        for part in chunks(list(ids), BATCH):
+            request = obj_models.BatchInputSimplePublicObjectId(
+                inputs=[obj_models.SimplePublicObjectId(id=str(i)) for i in part])
+            try:
+                self._call(f"archive {stream}", lambda q=request: self.batch.archive(
+                    stream, q, _preload_content=False, _request_timeout=self.timeout))
+                outcomes += [WriteOutcome(str(i), WriteStatus.deleted, external_id=str(i)) for i in part]
+            except (QuotaExhaustedError, AuthError):
+                raise
+            except ConnectorError as e:
+                outcomes += [WriteOutcome(str(i), WriteStatus.failed, external_id=str(i), retryable=e.retryable,
+                                          error=f"hubspot/{stream} record {i}: {e}") for i in part]
+        return outcomes
 
 
 # --- webhooks v3 ----------------------------------------------------------------------------------

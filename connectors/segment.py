@@ -117,14 +117,21 @@ class SegmentConnector(Connector):
                 base_url=f"{credentials.profile_url.rstrip('/')}/v1/spaces/{credentials.space_id}/collections/users/profiles",
                 auth=httpx.BasicAuth(credentials.profile_token.get_secret_value(), ""))
 
+        self.public: HttpLayer | None = None
+        if credentials.public_api_token:
+            self.public = HttpLayer(
+                system=self.system, timeout=timeout, budget=budget, policy=policy,
+                base_url=credentials.public_api_url.rstrip("/"),
+                headers={"Authorization": f"Bearer {credentials.public_api_token.get_secret_value()}"})
+
     @property
     def api_calls(self) -> int:
-        return self.tracking.stats.total + (self.profiles.stats.total if self.profiles else 0)
+        return sum(layer.stats.total for layer in (self.tracking, self.profiles, self.public) if layer)
 
     def close(self) -> None:
-        self.tracking.close()
-        if self.profiles:
-            self.profiles.close()
+        for layer in (self.tracking, self.profiles, self.public):
+            if layer:
+                layer.close()
 
     def check(self) -> None:
         self.tracking.request("POST", "/v1/batch", json={"batch": [], "sentAt": _now()})
@@ -204,6 +211,37 @@ class SegmentConnector(Connector):
                     seen.add(rec.external_id)
                     records.append(rec)
             yield Page(records, Cursor(token=chunk[-1][0]))
+
+    # --- erasure -----------------------------------------------------------------------------
+    MAX_SUBJECTS = 5000  # subjectIds per regulation request (Segment Public API)
+
+    def erase(self, stream: str, ids: Sequence[str]) -> list[WriteOutcome]:
+        """Delete a person's Segment data and keep it from coming back: a ``SUPPRESS_WITH_DELETE``
+        regulation on their user ids (Public API ``POST /regulations``), up to 5,000 ids a call.
+
+        Segment deletes the profiles and their events, then drops any later message carrying a
+        suppressed user id, so a client still sending for the person cannot re-create them.
+        (Regulations address user ids; a profile known only by an anonymous id is not reachable.)
+        """
+        self.stream(stream)
+        if self.public is None:
+            raise AuthError("Segment erasure needs a Public API token (credentials.public_api_token) to create "
+                            "regulations", system=self.system)
+        users = list(dict.fromkeys(ids))
+        out: dict[str, WriteOutcome] = {}
+        for i in range(0, len(users), self.MAX_SUBJECTS):
+            part = users[i:i + self.MAX_SUBJECTS]
+            try:
+                body = self.public.json("POST", "/regulations", json={
+                    "regulationType": "SUPPRESS_WITH_DELETE", "subjectType": "USER_ID", "subjectIds": part})
+                ref = ((body or {}).get("data") or {}).get("regulateId")
+                for u in part:
+                    out[u] = WriteOutcome(u, WriteStatus.deleted, external_id=ref or u)
+            except BadRequestError as e:
+                for u in part:
+                    out[u] = WriteOutcome(u, WriteStatus.failed, external_id=u, retryable=False,
+                                          error=f"{stream} record {u}: regulation refused: {mask_text(str(e))[:200]}")
+        return [out[i] for i in ids]
 
     # --- writing -----------------------------------------------------------------------------
     def write(self, stream: str, records: Sequence[OutboundRecord]) -> list[WriteOutcome]:

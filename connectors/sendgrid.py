@@ -38,7 +38,7 @@ from connectors.base import (
     chunks,
 )
 from connectors.credentials import SendGridCredentials
-from connectors.errors import BadRequestError, ConnectorError, PaginationLoopError
+from connectors.errors import BadRequestError, ConnectorError, PaginationLoopError, QuotaExhaustedError, AuthError
 from connectors.http import HttpLayer, Paging, RateBudget, RetryPolicy, paginate
 from omnisync.privacy import mask_text
 
@@ -214,6 +214,42 @@ class SendGridConnector(Connector):
             if records:
                 cursor = cursor.advance(records)
                 yield Page(records, cursor)
+
+    # --- erasure -----------------------------------------------------------------------------
+    KEPT_SUPPRESSION = ("global unsubscribe kept on purpose: it is what stops SendGrid mailing the erased address "
+                        "again if it is ever re-imported; a hash could not block a send (SendGrid matches the "
+                        "address itself), and keeping the minimum needed to honour an objection is allowed")
+    ACTIVITY_RETAINED = ("email activity kept by SendGrid: the Email Activity API has no delete; the log ages out "
+                         "after SendGrid's retention window")
+
+    def erase(self, stream: str, ids: Sequence[str]) -> list[WriteOutcome]:
+        """Erase a person's SendGrid records, as far as SendGrid allows, saying what stays and why.
+
+        Suppressions stay (see ``KEPT_SUPPRESSION``; each is checked to still be in force, so the
+        audit never claims a block that is not there). Email activity has no delete call and ages
+        out. Event-webhook events live only in omnisync's store, which the erasure job clears.
+        """
+        self.stream(stream)
+        out: list[WriteOutcome] = []
+        for rid in ids:
+            if stream in ("unsubscribes", "suppressions"):
+                try:
+                    body = self.http.json("GET", f"/v3/asm/suppressions/global/{rid}",
+                                          endpoint="/v3/asm/suppressions/global/{email}")
+                except (AuthError, QuotaExhaustedError):
+                    raise
+                except ConnectorError as e:
+                    out.append(WriteOutcome(mask_text(rid), WriteStatus.failed, retryable=e.retryable,
+                                            error=f"{stream} record {mask_text(rid)}: could not confirm the global "
+                                                  f"unsubscribe (HTTP {e.status}); retried by the erasure job"))
+                    continue
+                note = self.KEPT_SUPPRESSION if body else None
+                out.append(WriteOutcome(mask_text(rid), WriteStatus.unchanged, error=note))
+            elif stream == "messages":
+                out.append(WriteOutcome(rid, WriteStatus.unchanged, external_id=rid, error=self.ACTIVITY_RETAINED))
+            else:
+                out.append(WriteOutcome(rid, WriteStatus.unchanged, external_id=rid))
+        return out
 
     # --- writing -----------------------------------------------------------------------------
     def write(self, stream: str, records: Sequence[OutboundRecord]) -> list[WriteOutcome]:

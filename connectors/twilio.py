@@ -46,6 +46,7 @@ from connectors.credentials import TwilioCredentials
 from connectors.errors import (
     AuthError,
     ConnectorError,
+    NotFoundError,
     QuotaExhaustedError,
     RateLimitedError,
     TransientError,
@@ -235,6 +236,33 @@ class TwilioConnector(Connector):
             self._sent[rec.key] = sid
             outcomes[rec.key] = WriteOutcome(rec.key, status, external_id=sid)
         return [outcomes[r.key] for r in records]
+
+    # --- erasure -----------------------------------------------------------------------------
+    def erase(self, stream: str, ids: Sequence[str]) -> list[WriteOutcome]:
+        """Delete messages (``DELETE Messages/{sid}``): body, numbers and media go with them.
+
+        A sid Twilio no longer knows was deleted before (a resumed erasure job). A message still
+        being sent cannot be deleted yet: it fails as retryable and the job deletes it next run.
+        Twilio's own opt-out list is not touched: it is what keeps an erased person's STOP in force.
+        """
+        self.stream(stream)
+        outcomes: list[WriteOutcome] = []
+        for sid in ids:
+            try:
+                self.http.request("DELETE", f"{self._base}/Messages/{sid}.json",
+                                  endpoint=self._base + "/Messages/{Sid}.json")
+                outcomes.append(WriteOutcome(sid, WriteStatus.deleted, external_id=sid))
+            except NotFoundError:
+                outcomes.append(WriteOutcome(sid, WriteStatus.unchanged, external_id=sid))
+            except (AuthError, QuotaExhaustedError):
+                raise
+            except ConnectorError as e:
+                in_progress = (e.code or "") == "20009"
+                outcomes.append(WriteOutcome(sid, WriteStatus.failed, external_id=sid, retryable=in_progress or e.retryable,
+                                             error=f"messages record {sid}: " + (
+                                                 "still being sent; deleted on the next run of the erasure job"
+                                                 if in_progress else f"delete refused (HTTP {e.status}, code {e.code})")))
+        return outcomes
 
     def _outcome_failed(self, rec: OutboundRecord, why: str, *, retryable: bool) -> WriteOutcome:
         return WriteOutcome(rec.key, WriteStatus.failed, external_id=rec.external_id, retryable=retryable,

@@ -466,6 +466,67 @@ class ZoomConnector(Connector):
                 return found[golden]
         raise last or TransientError("contact create failed", system=self.system)
 
+    # --- erasure -----------------------------------------------------------------------------
+    RETAINED = ("engagement log kept by Zoom: the Contact Center API has no engagement delete; its recordings and "
+                "transcripts were deleted, the log ages out under the account's data-retention policy")
+
+    def erase(self, stream: str, ids: Sequence[str]) -> list[WriteOutcome]:
+        """Erase a person's Zoom records.
+
+        Address-book contacts are deleted from whichever book holds them (the API addresses a
+        contact through its book). Engagements cannot be deleted through Zoom's API: their
+        recordings and transcripts are, and the outcome says the log itself is retained, so the
+        erasure audit names what is left and why. An id Zoom no longer knows counts as erased.
+        """
+        self.stream(stream)
+        if stream == "engagements":
+            out = []
+            for eid in ids:
+                try:
+                    self._call("DELETE", f"{API}/engagements/{eid}/recordings",
+                               endpoint=API + "/engagements/{engagementId}/recordings")
+                    out.append(WriteOutcome(eid, WriteStatus.unchanged, external_id=eid, error=self.RETAINED))
+                except NotFoundError:
+                    out.append(WriteOutcome(eid, WriteStatus.unchanged, external_id=eid))
+                except (AuthError, QuotaExhaustedError):
+                    raise
+                except ConnectorError as e:
+                    out.append(self._erase_failed(stream, eid, e))
+            return out
+        books: list[str] = []
+
+        def fetch(url, p):
+            return self._json("GET", API + "/address_books", params=p)
+
+        for body in paginate(fetch, TokenPaging(), {"page_size": 300}):
+            books += [str(b["address_book_id"]) for b in body.get("address_books") or []]
+        mine = self._book_id(create=False)
+        books.sort(key=lambda b: b != mine)  # ours first: that is where omnisync's contacts live
+        out = []
+        for cid in ids:
+            outcome = WriteOutcome(cid, WriteStatus.unchanged, external_id=cid)
+            for book in books:
+                try:
+                    self._call("DELETE", f"{API}/address_books/{book}/contacts/{cid}",
+                               endpoint=API + "/address_books/{addressBookId}/contacts/{contactId}")
+                    outcome = WriteOutcome(cid, WriteStatus.deleted, external_id=cid)
+                    break
+                except NotFoundError:
+                    continue
+                except (AuthError, QuotaExhaustedError):
+                    raise
+                except ConnectorError as e:
+                    outcome = self._erase_failed(stream, cid, e)
+                    break
+            self._golden = {g: c for g, c in self._golden.items() if c != cid}
+            out.append(outcome)
+        return out
+
+    def _erase_failed(self, stream: str, rid: str, e: ConnectorError) -> WriteOutcome:
+        return WriteOutcome(rid, WriteStatus.failed, external_id=rid, retryable=e.retryable,
+                            error=f"{stream} record {rid}: delete refused (HTTP {e.status}, code {e.code}); "
+                                  "the erasure job retries it")
+
     def _failed(self, rec: OutboundRecord, e: ConnectorError) -> WriteOutcome:
         code, message = getattr(self._errors, "last", ("", ""))
         self._errors.last = ("", "")

@@ -2,7 +2,10 @@
 
 The job records its targets (vendor record ids, which are not personal data) before touching
 anything, then each system's result as it completes. Re-running an interrupted job skips systems
-already done; re-running a finished job changes nothing.
+already done; re-running a finished job changes nothing. What a vendor keeps on purpose or
+cannot delete through its API (a suppression that must keep blocking email, a contact-center
+log with no delete call) is recorded per system as ``retained`` with the vendor's reason, so
+the audit entry says exactly what is left where and why.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from identity import erasure
 from identity.store import AuditEntry, run_in_transaction
+from omnisync.privacy import mask_text
 
 log = logging.getLogger("omnisync.erase")
 
@@ -56,20 +60,26 @@ def erase(engine: Engine, *, email: str | None = None, phone: str | None = None,
 
 
 def _erase_in(system: str, streams: dict[str, list[str]], factory: Callable[[str], Any]) -> tuple[str, Any]:
-    conn = factory(system)
+    conn = None
     try:
+        conn = factory(system)
         if not hasattr(conn, "erase"):
             return "unsupported", "connector has no erase operation"
-        failed = []
+        failed, retained, erased = [], {}, 0
         for stream, ids in streams.items():
             for o in conn.erase(stream, ids):
                 if not o.ok:
                     failed.append(f"{stream}/{o.external_id or o.key}: {o.error}")
+                elif o.error:  # done, with a note: what the vendor keeps and why
+                    retained.setdefault(stream, {"records": 0, "reason": o.error})["records"] += 1
+                else:
+                    erased += 1
         if failed:
             log.error("erasure in %s incomplete: %d record(s) failed", system, len(failed))
-            return "failed", failed[:20]
-        return "done", None
+            return "failed", {"failed": failed[:20], "retained": retained}
+        return "done", {"erased": erased, **({"retained": retained} if retained else {})}
     except Exception as e:  # recorded, retried on the next run of the job
-        return "failed", str(e)[:300]
+        return "failed", mask_text(str(e))[:300]
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()

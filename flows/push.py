@@ -16,11 +16,20 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 
 from connectors.base import Connector, chunks
-from connectors.errors import ConnectorError, QuotaExhaustedError
+from connectors.errors import AuthError, ConnectorError, QuotaExhaustedError
 from identity.ingest import dead_letter
-from identity.push import PushPlan, StreamPlan, check_breaker, record_outcomes, save_push_checkpoint
+from identity.push import (
+    MERGE_STREAM,
+    PushPlan,
+    StreamPlan,
+    check_breaker,
+    merge_key,
+    record_outcomes,
+    save_push_checkpoint,
+)
 from identity.runs import flag_run
-from identity.store import run_in_transaction
+from identity.store import OutboundLedger, run_in_transaction
+from omnisync.records import fingerprint
 
 log = logging.getLogger("omnisync.push")
 CHUNK = 1000
@@ -65,10 +74,9 @@ def execute_plan(engine: Engine, plan: PushPlan, connectors: dict[str, Connector
             for (s, stream), sp in sorted(plan.streams.items()):
                 if s == system and sp.records:
                     _write_stream(engine, conn, sp, result, run_id, on_chunk)
-            for s, survivor, merged in plan.merges:
-                if s == system and hasattr(conn, "merge"):
-                    conn.merge(survivor, merged)
-                    result.merges += 1
+            merges = [(survivor, merged) for s, survivor, merged in plan.merges if s == system]
+            if merges:
+                result.merges += _merge(engine, conn, system, merges, plan, run_id)
         except (QuotaExhaustedError, ConnectorError) as e:
             result.failed_systems[system] = str(e)
             log.error("push to %s stopped: %s", system, e)
@@ -79,9 +87,43 @@ def execute_plan(engine: Engine, plan: PushPlan, connectors: dict[str, Connector
     return result
 
 
+def _merge(engine: Engine, conn: Connector, system: str, merges: list[tuple[str, str]], plan: PushPlan,
+           run_id: str | None) -> int:
+    """CRM merges through the vendor's merge API, each recorded once in the ledger (a merge done is
+    never asked again, even before the next read shows the merged record gone). A refused merge is
+    dead-lettered with the vendor's reason; the other merges and the system's writes go on."""
+    merge = getattr(conn, "merge", None)
+    if merge is None:
+        return 0
+    golden_of = plan.merge_golden
+    done = 0
+    for survivor, merged in merges:
+        gid = golden_of.get((system, merged), "")
+        try:
+            merge(survivor, merged)
+        except (QuotaExhaustedError, AuthError):
+            raise
+        except ConnectorError as e:
+            run_in_transaction(lambda s, e=e, merged=merged: dead_letter(
+                s, system=system, stream=MERGE_STREAM, external_id=merged, stage="push", run_id=run_id,
+                reason=f"{system}/merge/{merged} into {survivor}: {e}"), engine)
+            continue
+
+        def record(s, survivor=survivor, merged=merged, gid=gid):
+            s.add(OutboundLedger(target_system=system, target_stream=MERGE_STREAM, key=merge_key(gid, merged),
+                                 external_id=merged, fingerprint=fingerprint({"survivor": survivor}),
+                                 payload={"survivor": survivor}))
+        run_in_transaction(record, engine)
+        done += 1
+    return done
+
+
 def _write_stream(engine: Engine, conn: Connector, sp: StreamPlan, result: PushResult, run_id: str | None,
                   on_chunk: Callable[[PushResult], None] | None) -> None:
-    for batch in chunks(sp.records, CHUNK):
+    # Chunks never split a vendor batch: a vendor packing more per call (Segment, 10,000 messages
+    # up to 500 KB) gets whole batches, so the ledger's chunking costs no extra calls.
+    spec = conn.streams.get(sp.stream)
+    for batch in chunks(sp.records, max(CHUNK, spec.write_batch if spec else 0)):
         outcomes = conn.write(sp.stream, list(batch))
         by_key = {r.key: r for r in batch}
 

@@ -23,6 +23,7 @@ from identity.store import (
     GoldenRecord,
     IdentityKey,
     InteractionRow,
+    MergeEvent,
     OutboundLedger,
     SourceRow,
     Tombstone,
@@ -68,17 +69,60 @@ def job(session: Session, golden_id: str) -> AuditEntry:
     return entry
 
 
+def person_sources(session: Session, golden_ids: list[str]) -> list[SourceRow]:
+    """Every stored vendor record about the person: their profiles, and the records behind their
+    interactions and consent events (messages, calls, unsubscribes), which resolution links through
+    the interaction and consent tables rather than ``SourceRow.golden_id``."""
+    rows = {r.id: r for r in session.exec(select(SourceRow).where(SourceRow.golden_id.in_(golden_ids)))}
+    keys: set[tuple[str, str]] = set()
+    for model in (InteractionRow, ConsentEventRow):
+        keys |= set(session.exec(select(model.system, model.external_id).where(model.golden_id.in_(golden_ids))))
+    # A consent row's id may be derived from its record's (e.g. "<message sid>:consent"): match both.
+    wanted = {k for k in keys} | {(s, e.rsplit(":", 1)[0]) for s, e in keys if ":" in e}
+    by_system: dict[str, list[str]] = {}
+    for system, ext in wanted:
+        by_system.setdefault(system, []).append(ext)
+    for system, exts in by_system.items():
+        for i in range(0, len(exts), 500):
+            for r in session.exec(select(SourceRow).where(SourceRow.system == system,
+                                                          SourceRow.external_id.in_(exts[i:i + 500]))):
+                rows[r.id] = r
+    return sorted(rows.values(), key=lambda r: r.id or 0)
+
+
 def targets(session: Session, golden_id: str) -> dict[str, dict[str, list[str]]]:
-    """Vendor records to erase: system -> stream -> external ids (including ids we created)."""
+    """Vendor records to erase: system -> stream -> external ids.
+
+    Besides what we read about the person, the ids we created for them: their profile pushed to
+    a system (ledger keys ``<golden id>|...``) and their timeline written as activities (ledger keys
+    ``<system>:<interaction id>``). Profile streams come first in each system, so a CRM whose
+    person-delete also removes associated activities does that before they are addressed one by one.
+    """
     out: dict[str, dict[str, list[str]]] = {}
-    for row in session.exec(select(SourceRow).where(SourceRow.golden_id == golden_id)):
-        out.setdefault(row.system, {}).setdefault(row.stream, []).append(row.external_id)
-    for led in session.exec(select(OutboundLedger).where(OutboundLedger.key.like(f"{golden_id}|%"))):
-        if led.external_id:
-            ids = out.setdefault(led.target_system, {}).setdefault(led.target_stream, [])
-            if led.external_id not in ids:
-                ids.append(led.external_id)
+
+    def add(system: str, stream: str, ext: str | None) -> None:
+        if ext:
+            ids = out.setdefault(system, {}).setdefault(stream, [])
+            if ext not in ids:
+                ids.append(ext)
+
+    gids = _with_aliases(session, golden_id)
+    rows = person_sources(session, gids)
+    for row in sorted(rows, key=lambda r: (r.kind != "profile", r.id or 0)):
+        add(row.system, row.stream, row.external_id)
+    for g in gids:
+        for led in session.exec(select(OutboundLedger).where(OutboundLedger.key.like(f"{g}|%"))):
+            add(led.target_system, led.target_stream, led.external_id)
+    its = [f"{s}:{e}" for s, e in session.exec(select(InteractionRow.system, InteractionRow.external_id)
+                                                .where(InteractionRow.golden_id.in_(gids)))]
+    for i in range(0, len(its), 500):
+        for led in session.exec(select(OutboundLedger).where(OutboundLedger.key.in_(its[i:i + 500]))):
+            add(led.target_system, led.target_stream, led.external_id)
     return out
+
+
+def _with_aliases(session: Session, golden_id: str) -> list[str]:
+    return [golden_id, *session.exec(select(GoldenAlias.alias_id).where(GoldenAlias.golden_id == golden_id))]
 
 
 def identifiers(session: Session, golden_id: str) -> set[tuple[str, str]]:
@@ -103,13 +147,30 @@ def erase_store(session: Session, golden_id: str) -> dict[str, int]:
             session.add(Tombstone(key_hash=key, kind=kind, golden_id=golden_id))
     counts["tombstones"] = len(idents)
 
-    aliases = list(session.exec(select(GoldenAlias.alias_id).where(GoldenAlias.golden_id == golden_id)))
-    gids = [golden_id, *aliases]
-    source_ids = list(session.exec(select(SourceRow.external_id).where(SourceRow.golden_id.in_(gids))))
-    counts["source_records"] = session.exec(delete(SourceRow).where(SourceRow.golden_id.in_(gids))).rowcount
+    gids = _with_aliases(session, golden_id)
+    rows = person_sources(session, gids)
+    source_ids = [r.external_id for r in rows]
+    row_ids = [r.id for r in rows]
+    for i in range(0, len(row_ids), 500):
+        session.exec(delete(IdentityKey).where(IdentityKey.source_id.in_(row_ids[i:i + 500])))
+        session.exec(delete(SourceRow).where(SourceRow.id.in_(row_ids[i:i + 500])))
+    counts["source_records"] = len(row_ids)
     session.exec(delete(IdentityKey).where(IdentityKey.golden_id.in_(gids)))
     session.exec(delete(ConsentEventRow).where(ConsentEventRow.golden_id.in_(gids)))
+    its = [f"{s}:{e}" for s, e in session.exec(select(InteractionRow.system, InteractionRow.external_id)
+                                                .where(InteractionRow.golden_id.in_(gids)))]
     session.exec(delete(OutboundLedger).where(or_(*[OutboundLedger.key.like(f"{g}|%") for g in gids])))
+    for i in range(0, len(its), 500):
+        # What we wrote for their timeline is gone from the targets; the ledger's copy (payloads
+        # with summaries) goes too.
+        session.exec(delete(OutboundLedger).where(OutboundLedger.key.in_(its[i:i + 500])))
+    for ev in session.exec(select(MergeEvent).where(or_(MergeEvent.survivor_id.in_(gids),
+                                                        MergeEvent.absorbed_id.in_(gids)))):
+        ev.evidence = {"erased": True}  # evidence names the identifiers that matched
+        session.add(ev)
+    for ev in session.exec(select(ChangeEvent).where(ChangeEvent.golden_id.in_(gids))):
+        ev.detail = {}
+        session.add(ev)
     if source_ids:
         for i in range(0, len(source_ids), 500):
             session.exec(delete(DeadLetter).where(DeadLetter.external_id.in_(source_ids[i:i + 500])))

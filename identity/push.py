@@ -90,6 +90,7 @@ class PushPlan:
     streams: dict[tuple[str, str], StreamPlan] = field(default_factory=dict)
     alarms: list[LoopAlarm] = field(default_factory=list)
     merges: list[tuple[str, str, str]] = field(default_factory=list)  # (system, survivor, merged)
+    merge_golden: dict[tuple[str, str], str] = field(default_factory=dict)  # (system, merged) -> golden id
     seq: int = 0  # change-feed position this plan covers
 
     def stream(self, system: str, stream: str) -> StreamPlan:
@@ -229,8 +230,9 @@ def plan_push(session: Session, systems: list[str], *, full: bool = False,
             _plan_profiles(session, plan, system, pol, goldens, ledger_cache)
         if pol.get("consent_stream"):
             _plan_consent(session, plan, system, pol, goldens, ledger_cache)
-        if pol.get("activities"):
-            _plan_activities(session, plan, system, pol, [g.golden_id for g in goldens], ledger_cache)
+        if pol.get("activities"):  # an erased or merged-away person's timeline is never written
+            _plan_activities(session, plan, system, pol, [g.golden_id for g in goldens if g.status == "active"],
+                             ledger_cache)
     return plan
 
 
@@ -273,6 +275,9 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
     keys += [ledger_key(g.golden_id, None) for g in active if not rows_by_golden[g.golden_id]]
     ledger = _ledger(session, cache, system, stream, keys)
     linked_ids = {f.target for f in mapping.outbound_fields()} & {"golden_id"}
+    keep_theirs = {fm.sources[0] for fm in mapping.outbound_fields()
+                   if field_rule(system, fm.target) == "fill_blank"}
+    consent_paths = {fm.sources[0]: fm.target for fm in mapping.outbound_fields() if fm.target.startswith("consent.")}
 
     for g in active:
         flat = golden_flat(g)
@@ -293,10 +298,17 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
             _add(sp, rec, payload, mapping, None, creates=True)
             continue
         if len(targets) > 1 and pol.get("duplicates") == "merge":
+            done = _ledger(session, cache, system, MERGE_STREAM,
+                           [merge_key(g.golden_id, r.external_id) for r in targets[1:]])
             for loser in targets[1:]:
-                plan.merges.append((system, targets[0].external_id, loser.external_id))
+                if merge_key(g.golden_id, loser.external_id) not in done:
+                    plan.merges.append((system, targets[0].external_id, loser.external_id))
+                    plan.merge_golden[(system, loser.external_id)] = g.golden_id
+            # The merged-away records vanish at the next read: write to the survivor only.
+            targets = targets[:1]
         for row in targets:
             current = leaves(mapping.outbound(_row_flat(row)))
+            held = _opted_out(row)
             key = ledger_key(g.golden_id, row.external_id)
             led = ledger.get(key)
             wrote = (led.payload or {}).get("vendor", {}) if led else {}
@@ -312,6 +324,11 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
                     continue
                 if not_back_yet and path in wrote and _norm(wrote[path]) == _norm(value):
                     continue
+                if path in keep_theirs and current.get(path) not in (None, ""):
+                    continue  # the system owns this field once it has a value: golden fills blanks only
+                target_field = consent_paths.get(path)
+                if target_field and target_field in held and _status(flat, target_field) != "opted_out":
+                    continue  # opt-out wins: never turn a target's opt-out back into an opt-in
                 change[path] = value
                 if current.get(path) not in (None, "") and path not in _link_paths(mapping, linked_ids):
                     overwrite = True
@@ -327,6 +344,36 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
             rec = OutboundRecord(key=key, payload=unflatten(change), external_id=row.external_id,
                                  match=_match(mapping, flat, pol))
             _add(sp, rec, change, mapping, row, overwrite=overwrite, seen=current)
+
+
+MERGE_STREAM = "_merges"  # ledger pseudo-stream: CRM merges already done (survivor, merged)
+
+
+def merge_key(golden_id: str, merged_id: str) -> str:
+    return f"{golden_id}|merge|{merged_id}"
+
+
+def field_rule(system: str, target: str) -> str:
+    """How a system's field takes golden values: ``overwrite`` (golden wins, the default) or
+    ``fill_blank`` (the system owns the field once it holds a value), from ownership.yaml."""
+    rules = policy(system).get("fields") or {}
+    rule = rules.get(target, "overwrite")
+    if rule not in ("overwrite", "fill_blank"):
+        raise MappingConfigError(f"mappings/ownership.yaml: {system}: field {target}: rule must be overwrite or "
+                                 f"fill_blank, not {rule!r}")
+    return rule
+
+
+def _opted_out(row: SourceRow) -> set[str]:
+    """Consent targets (``consent.<channel>.<purpose>``) the target record currently shows as opted out."""
+    prof = (row.canonical or {}).get("profile") or {}
+    return {f"consent.{c.get('channel')}.{c.get('purpose')}" for c in prof.get("consent") or []
+            if c.get("status") == "opted_out"}
+
+
+def _status(flat: dict[str, Any], target: str) -> str | None:
+    value = flat.get(target)
+    return value if isinstance(value, str) else None
 
 
 def _link_paths(mapping: Mapping, linked: set[str]) -> set[str]:
@@ -396,7 +443,8 @@ def _plan_activities(session: Session, plan: PushPlan, system: str, pol: dict[st
         return
     contact_of: dict[str, str] = {}
     if profile_stream and system != "segment":
-        for row in _load(session, SourceRow, SourceRow.golden_id, golden_ids):
+        # The oldest record is the survivor of a CRM merge: activities hang on it.
+        for row in sorted(_load(session, SourceRow, SourceRow.golden_id, golden_ids), key=lambda r: r.id or 0):
             if row.system == system and row.stream == profile_stream and not row.deleted:
                 contact_of.setdefault(row.golden_id, row.external_id)
     by_stream: dict[str, list[InteractionRow]] = defaultdict(list)

@@ -122,6 +122,7 @@ DEFAULT_PROPS = {"contacts": ("createdate", "email", "firstname", "hs_object_id"
                  "companies": ("createdate", "domain", "hs_lastmodifieddate", "hs_object_id", "name")}
 ID_BASE = {"contacts": 1000, "companies": 500, "calls": 31_000_000_000, "emails": 32_000_000_000,
            "notes": 33_000_000_000, "communications": 34_000_000_000}
+SUBSCRIPTIONS = {"creation": 1001, "propertyChange": 1002, "deletion": 1003, "merge": 1004, "privacyDeletion": 1005}
 ENGAGEMENT_SHARE = {"calls": 0.15, "emails": 0.25, "notes": 0.08, "communications": 0.07}
 _EMAIL_RE = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9-]+)+$")
 _SALT = {t: i * 7919 + 13 for i, t in enumerate(TYPE_IDS)}
@@ -158,6 +159,11 @@ def _stamp(i: int, seed: int, salt: int) -> int:
 
 def _rng(i: int, seed: int, salt: int) -> random.Random:
     return random.Random((seed * 1_000_003 + i) * 37 + salt)
+
+
+def _blocklist_hash(email: str) -> str:
+    # The sandbox keeps no erased address in clear: a blocklisted one is remembered as a hash.
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
 
 
 def sign_v3(secret: str, method: str, uri: str, body: bytes, timestamp_ms: int) -> str:
@@ -204,6 +210,7 @@ class Store:
         self.make = make
         self.over: dict[int, Obj] = {}
         self.gone: dict[int, int] = {}  # merged-away id -> survivor id
+        self.purged: set[int] = set()  # permanently deleted (GDPR): neither live nor archived
         self.seed_archived: set[int] = set()
         self.next_id = self.base + n + 1
         self.base_ts = array("q")
@@ -226,6 +233,8 @@ class Store:
     # --- access --------------------------------------------------------------------------------
     def get(self, oid: int, *, archived: bool = False) -> Obj | None:
         """The live (or, with ``archived``, the archived) record with this id."""
+        if oid in self.purged:
+            return None
         obj = self.over.get(oid)
         if obj is None and self.seeded(oid) and oid not in self.gone:
             if oid in self.seed_archived and not archived:
@@ -258,6 +267,16 @@ class Store:
         self._unindex(obj)
         self.over.pop(obj.id, None)
         self.gone[obj.id] = survivor
+        for prop, idx in self.unique.items():
+            if obj.props.get(prop) and idx.get(obj.props[prop]) == obj.id:
+                del idx[obj.props[prop]]
+
+    def purge(self, obj: Obj) -> None:
+        """Delete a record for good: no archived copy, no redirect, its unique values released."""
+        self._unindex(obj)
+        self.over.pop(obj.id, None)
+        self.seed_archived.discard(obj.id)
+        self.purged.add(obj.id)
         for prop, idx in self.unique.items():
             if obj.props.get(prop) and idx.get(obj.props[prop]) == obj.id:
                 del idx[obj.props[prop]]
@@ -325,12 +344,12 @@ class Store:
     def ids(self, after: int, *, archived: bool) -> Iterator[int]:
         """Ids in ascending order after ``after`` (live, or archived), without building records."""
         if archived:
-            yield from sorted([i for i in self.seed_archived if i > after and i not in self.over]
+            yield from sorted([i for i in self.seed_archived if i > after and i not in self.over and i not in self.purged]
                               + [i for i, o in self.over.items() if i > after and o.archived_at is not None])
             return
         written = sorted(i for i, o in self.over.items() if i > after and o.archived_at is None)
         seeded = (i for i in range(max(after + 1, self.base + 1), self.base + self.n + 1)
-                  if i not in self.over and i not in self.gone and i not in self.seed_archived)
+                  if i not in self.over and i not in self.gone and i not in self.seed_archived and i not in self.purged)
         yield from heapq.merge(seeded, written)
 
     def live_count(self) -> int:
@@ -383,8 +402,9 @@ class HubSpotSandbox(Sandbox):
 
     def unauthorized(self) -> Response:
         return _json(ApiError(401, "INVALID_AUTHENTICATION",
-                              "Authentication credentials not found. This API supports OAuth 2.0 authentication "
-                              "and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview"
+                              "Authentication credentials not found. This API supports OAuth 2.0 authentication and "
+                              "you can find more details at "
+                              "https://developers.hubspot.com/docs/methods/auth/oauth-overview"
                               ).body(), 401)
 
     def rate_limited(self) -> Response:
@@ -448,6 +468,7 @@ class HubSpotSandbox(Sandbox):
             st.build_index(entries)
             self.stores[t] = st
         self.links: dict[tuple[str, int, str], set[int]] = {}
+        self.blocklist: set[str] = set()
         self.unlinked: set[tuple[str, int, str, int]] = set()
         self.reverse: dict[str, dict[int, list[int]]] = {}
         top = max([st.base_ts[-1] for st in self.stores.values() if len(st.base_ts)] + [0])
@@ -668,7 +689,7 @@ class HubSpotSandbox(Sandbox):
             self.unlinked.add((a, ai, b, bi))
 
     # --- writes ----------------------------------------------------------------------------------
-    def _validate(self, otype: str, props: dict[str, Any], *, creating: bool) -> dict[str, str | None]:
+    def _validate(self, otype: str, props: dict[str, Any]) -> dict[str, str | None]:
         schema = PROPS[otype]
         clean: dict[str, str | None] = {}
         for name, raw in props.items():
@@ -715,6 +736,9 @@ class HubSpotSandbox(Sandbox):
 
     def _check_unique(self, otype: str, props: dict[str, str | None], oid: int | None) -> None:
         st = self.stores[otype]
+        if otype == "contacts" and props.get("email") and _blocklist_hash(props["email"]) in self.blocklist:
+            raise ApiError(400, "VALIDATION_ERROR", "Property values were not valid: email is blocklisted after a "
+                           "GDPR delete", context={"propertyName": ["email"]}, sub="INVALID_EMAIL")
         for prop in UNIQUE[otype]:
             v = props.get(prop)
             if v:
@@ -725,7 +749,7 @@ class HubSpotSandbox(Sandbox):
 
     def create(self, otype: str, props: dict[str, Any], *, at: int | None = None) -> Obj:
         st = self.stores[otype]
-        clean = self._validate(otype, props, creating=True)
+        clean = self._validate(otype, props)
         self._check_unique(otype, clean, None)
         now = at if at is not None else self.now_ms()
         oid = st.new_id()
@@ -745,7 +769,7 @@ class HubSpotSandbox(Sandbox):
         old = st.get(oid)
         if old is None:
             raise ApiError(404, "OBJECT_NOT_FOUND", f"resource not found: {SINGULAR[otype]} {oid}")
-        clean = self._validate(otype, props, creating=False)
+        clean = self._validate(otype, props)
         self._check_unique(otype, clean, oid)
         changed = {k: v for k, v in clean.items() if old.props.get(k) != v}
         if not changed and at is None:
@@ -797,6 +821,68 @@ class HubSpotSandbox(Sandbox):
         self._event(otype, "merge", primary, now, merged=[merged])
         return new
 
+    def gdpr_delete(self, contact_id: int | None = None, email: str | None = None) -> bool:
+        """Permanently delete a contact and the engagements that concern only it (HubSpot's GDPR delete).
+
+        Records merged into it go too, its queued webhook events are dropped (they carry its
+        property values) and a ``contact.privacyDeletion`` event announces the deletion. Its
+        addresses (or an email that matched no contact) are blocklisted, kept only as hashes.
+        """
+        st = self.stores["contacts"]
+        if contact_id is None and email:
+            contact_id = st.unique_index("email").get(email.strip().lower())
+            if contact_id is None:
+                self.blocklist.add(_blocklist_hash(email))
+                return False
+        oid = st.resolve(int(contact_id)) if contact_id is not None else None
+        obj = st.get(oid) if oid is not None else None
+        if obj is None and oid is not None:
+            obj = st.get(oid, archived=True)
+        if obj is None:
+            return False
+        for etype in ENGAGEMENTS:
+            es = self.stores[etype]
+            for eid in self.associated("contacts", oid, etype) + self._archived_links(oid, etype):
+                others = [c for c in self.associated(etype, eid, "contacts") if c != oid]
+                eng = es.get(eid) or es.get(eid, archived=True)
+                if eng is not None and not others:
+                    es.purge(eng)
+        for old in [g for g, to in st.gone.items() if st.resolve(g) == oid]:
+            del st.gone[old]
+            st.purged.add(old)
+        for key in [k for k in self.links if k[0] == "contacts" and k[1] == oid]:
+            for tid in list(self.links[key]):
+                self.unlink("contacts", oid, key[2], tid)
+        for addr in [obj.props.get("email"), *(obj.props.get("hs_additional_emails") or "").split(";")]:
+            if addr:  # so a form or an import cannot re-create the person
+                self.blocklist.add(_blocklist_hash(addr))
+        st.purge(obj)
+        sent = [e for e in self.outbox[:self.delivered] if e.get("objectId") != oid]
+        self.outbox = sent + [e for e in self.outbox[self.delivered:] if e.get("objectId") != oid]
+        self.delivered = len(sent)
+        self._event("contacts", "privacyDeletion", oid, self.now_ms())
+        return True
+
+    def _archived_links(self, oid: int, etype: str) -> list[int]:
+        es = self.stores[etype]
+        ids = set(self.links.get(("contacts", oid, etype), ())) | set(self._reverse(etype).get(oid, ()))
+        return sorted(i for i in ids if es.get(i, archived=True) is not None)
+
+    def export(self) -> dict[str, Any]:
+        """Every record the portal still holds, live or archived, with its associations (admin view)."""
+        out: dict[str, Any] = {}
+        for otype, st in self.stores.items():
+            rows = []
+            for archived in (False, True):
+                for oid in st.ids(0, archived=archived):
+                    obj = st.get(oid, archived=archived)
+                    if obj is not None:
+                        rows.append({"id": oid, "archived": archived, "properties": obj.props})
+            out[otype] = rows
+        out["webhook_outbox"] = self.outbox
+        out["blocklist_hashes"] = sorted(self.blocklist)
+        return out
+
     def touch(self, otype: str, ids: list[int], props: dict[str, Any] | None = None, *, at: int | None = None
               ) -> int:
         """Modify records as a user would in the UI, all in the same millisecond (bulk edits, imports)."""
@@ -810,7 +896,7 @@ class HubSpotSandbox(Sandbox):
                merged: list[int] | None = None) -> None:
         if otype not in ("contacts", "companies"):
             return
-        ev: dict[str, Any] = {"eventId": next(self.event_seq), "subscriptionId": 1000 + len(kind),
+        ev: dict[str, Any] = {"eventId": next(self.event_seq), "subscriptionId": SUBSCRIPTIONS[kind],
                               "portalId": PORTAL_ID, "appId": APP_ID, "occurredAt": at,
                               "subscriptionType": f"{SINGULAR[otype]}.{kind}", "attemptNumber": 0,
                               "objectId": oid, "changeSource": "CRM"}
@@ -1193,6 +1279,19 @@ class HubSpotSandbox(Sandbox):
             b = int_id(body.get("objectIdToMerge"), otype)
             return 200, render(otype, sb.merge(otype, a, b), list(PROPS[otype]))
 
+        @handler
+        def gdpr_delete(request: Request, body: Any, otype: str):
+            if otype != "contacts":
+                raise ApiError(404, "OBJECT_NOT_FOUND", "GDPR delete exists for contacts only")
+            ident = str((body or {}).get("objectId") or "")
+            if not ident:
+                raise ApiError(400, "VALIDATION_ERROR", "objectId is required", context={"objectId": ["missing"]})
+            if (body or {}).get("idProperty") == "email":
+                sb.gdpr_delete(email=ident)
+            elif not sb.gdpr_delete(int_id(ident, otype)):
+                raise ApiError(404, "OBJECT_NOT_FOUND", f"resource not found: contact {ident}")
+            return 204, None
+
         # associations v4
         @handler
         def assoc_list(request: Request, body: Any, otype: str, object_id: str, to_type: str):
@@ -1290,6 +1389,7 @@ class HubSpotSandbox(Sandbox):
             app.add_api_route(f"{obj}/batch/{verb}", fn, methods=["POST"])
         app.add_api_route(f"{obj}/search", search, methods=["POST"])
         app.add_api_route(f"{obj}/merge", merge, methods=["POST"])
+        app.add_api_route(f"{obj}/gdpr-delete", gdpr_delete, methods=["POST"])
         app.add_api_route(obj + "/{object_id}", get_one, methods=["GET"])
         app.add_api_route(obj + "/{object_id}", patch_one, methods=["PATCH"])
         app.add_api_route(obj + "/{object_id}", delete_one, methods=["DELETE"])
@@ -1321,6 +1421,10 @@ class HubSpotSandbox(Sandbox):
             return 200, {"archived": sb.archive(otype, int(object_id))}
 
         @handler
+        def export(request: Request, body: Any):
+            return 200, sb.export()
+
+        @handler
         def limits(request: Request, body: Any):
             sb.limits = Limits(**{**asdict(sb.limits), **(body or {})})
             sb.window.clear()
@@ -1347,6 +1451,7 @@ class HubSpotSandbox(Sandbox):
         app.add_api_route("/_sandbox/objects/{otype}/{object_id}", delete, methods=["DELETE"], include_in_schema=False)
         app.add_api_route("/_sandbox/objects/{otype}/merge", merge, methods=["POST"], include_in_schema=False)
         app.add_api_route("/_sandbox/limits", limits, methods=["POST"], include_in_schema=False)
+        app.add_api_route("/_sandbox/export", export, methods=["GET"], include_in_schema=False)
         app.add_api_route("/_sandbox/webhooks/subscribe", subscribe, methods=["POST"], include_in_schema=False)
         app.add_api_route("/_sandbox/webhooks/deliver", deliver, methods=["POST"], include_in_schema=False)
 

@@ -34,6 +34,8 @@ from sandbox.population import EPOCH, JUNK_EMAILS, active_people, person
 WRITE_KEY = "sandbox-write-key"
 PROFILE_TOKEN = "sandbox-profile-token"
 SPACE_ID = "spa_sandbox"
+PUBLIC_API_TOKEN = "sandbox-public-api-token"  # Segment Public API (regulations): a Bearer token
+MAX_SUBJECTS = 5000  # subjectIds per regulation request
 SOURCE_ID = "src_webapp"
 MAX_MESSAGE = 32 * 1024
 MAX_BATCH = 500 * 1024
@@ -71,6 +73,8 @@ class SegmentSandbox(Sandbox):
         self.index: dict[tuple[str, str], str] = {}
         self.message_ids: set[str] = set()
         self.rejected: list[dict[str, str]] = []
+        self.suppressed: set[str] = set()  # user ids under a SUPPRESS regulation: their messages are dropped
+        self.regulations: dict[str, dict[str, Any]] = {}
         self.accepted = 0
         self.duplicates = 0
         self._n = 0
@@ -140,6 +144,9 @@ class SegmentSandbox(Sandbox):
         if problem:
             self.rejected.append({"messageId": mid, "reason": problem})
             return None
+        if str(msg.get("userId") or "") in self.suppressed:
+            self.rejected.append({"messageId": mid, "reason": "userId is suppressed by a regulation"})
+            return None
         if mid:
             self.message_ids.add(mid)
         ids = self._ids(msg)
@@ -192,6 +199,26 @@ class SegmentSandbox(Sandbox):
         b["traits"] = {**a["traits"], **b["traits"]}
         b["events"] = sorted(a["events"] + b["events"], key=lambda e: e["timestamp"])
 
+    def regulate(self, kind: str, user_ids: list[str]) -> dict[str, Any]:
+        """A user regulation: delete the profiles holding these user ids, suppress further data, or both."""
+        rid = f"reg_{hashlib.sha1(f'{self.seed_value}:{len(self.regulations)}'.encode()).hexdigest()[:20]}"
+        for uid in user_ids:
+            if kind in ("SUPPRESS_WITH_DELETE", "SUPPRESS_ONLY"):
+                self.suppressed.add(uid)
+            elif kind == "UNSUPPRESS":
+                self.suppressed.discard(uid)
+            if kind in ("SUPPRESS_WITH_DELETE", "DELETE_ONLY", "DELETE_INTERNAL"):
+                key = self.index.get(("user_id", uid))
+                if key is not None:
+                    prof = self.profiles.pop(key)
+                    for e in prof["external_ids"]:
+                        if self.index.get((e["type"], e["id"])) == key:
+                            del self.index[(e["type"], e["id"])]
+        reg = {"id": rid, "workspaceId": "ws_sandbox", "overallStatus": "FINISHED", "regulateType": kind,
+               "subjectType": "USER_ID", "createdAt": _iso(datetime.now(timezone.utc))}
+        self.regulations[rid] = reg
+        return reg
+
     def lookup(self, ref: str) -> dict[str, Any] | None:
         typ, _, value = ref.partition(":")
         if typ == "email":
@@ -201,10 +228,13 @@ class SegmentSandbox(Sandbox):
 
     # --- framework hooks -------------------------------------------------------------------------
     def credentials(self) -> dict[str, Any]:
-        return {"write_key": WRITE_KEY, "space_id": SPACE_ID, "profile_token": PROFILE_TOKEN}
+        return {"write_key": WRITE_KEY, "space_id": SPACE_ID, "profile_token": PROFILE_TOKEN,
+                "public_api_token": PUBLIC_API_TOKEN, "public_api_url": self.base_url}
 
     def authorized(self, request: Request) -> bool:
         path = request.url.path
+        if path.startswith("/regulations"):
+            return request.headers.get("authorization") == f"Bearer {PUBLIC_API_TOKEN}"
         if path.startswith("/v1/spaces/"):
             return _basic_user(request) == PROFILE_TOKEN
         return _basic_user(request) == WRITE_KEY
@@ -258,6 +288,40 @@ class SegmentSandbox(Sandbox):
                     else:
                         sb.rejected.append({"messageId": "", "reason": "batch item is not an object"})
             return {"success": True}
+
+        @app.post("/regulations")
+        async def create_regulation(request: Request):
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                return _err(400, "invalid_json", "request body is not valid JSON")
+            kind, subject = body.get("regulationType"), body.get("subjectType")
+            ids = body.get("subjectIds")
+            if kind not in ("SUPPRESS_WITH_DELETE", "SUPPRESS_ONLY", "DELETE_ONLY", "DELETE_INTERNAL", "UNSUPPRESS"):
+                return _err(400, "bad_request", "regulationType is not valid")
+            if subject != "USER_ID":
+                return _err(400, "bad_request", "subjectType must be USER_ID for a workspace regulation")
+            if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+                return _err(400, "bad_request", "subjectIds must be a non-empty list of strings")
+            if len(ids) > MAX_SUBJECTS:
+                return _err(400, "bad_request", f"at most {MAX_SUBJECTS} subjectIds per request")
+            with sb.lock:
+                reg = sb.regulate(kind, ids)
+            return {"data": {"regulateId": reg["id"]}}
+
+        @app.get("/regulations/{regulate_id}")
+        def get_regulation(regulate_id: str):
+            reg = sb.regulations.get(regulate_id)
+            if reg is None:
+                return _err(404, "not_found", "Resource not found")
+            return {"data": {"regulation": reg}}
+
+        @app.get("/_sandbox/export", include_in_schema=False)
+        def export():
+            """Everything the space holds: every profile with traits, external ids and events."""
+            with sb.lock:
+                return {"profiles": sb.profiles, "suppressed_user_ids": sorted(sb.suppressed),
+                        "rejected": sb.rejected}
 
         def _page(kind: str, request: Request, items: list[Any], key) -> tuple[list[Any], dict[str, Any]] | Response:
             default, most = LIMITS[kind]

@@ -319,8 +319,10 @@ class SendGridSandbox(Sandbox):
             m = sb.messages.get(msg_id)
             if m is None:
                 return _errors(404, "message not found")
-            return {**_public(m), "events": m["_events"], "template_id": None, "categories": ["omnisync-demo"],
-                    "api_key_id": "sandbox-key-id", "outbound_ip": "167.89.0.10", "outbound_ip_type": "shared"}
+            return {**_public(m), "events": m["_events"], "categories": ["omnisync-demo"],
+                    "api_key_id": "sandbox-key-id", "outbound_ip": "167.89.0.10", "outbound_ip_type": "shared",
+                    "originating_ip": "10.0.0.7", "asm_group_id": 1, "template_id": "", "teammate": "",
+                    "unique_args": "Null"}
 
         @app.get("/v3/suppression/unsubscribes")
         def list_unsubscribes(request: Request):
@@ -365,6 +367,15 @@ class SendGridSandbox(Sandbox):
             with sb.lock:
                 sb.unsubscribes.pop(email.lower(), None)
             return Response(status_code=204)
+
+        @app.get("/_sandbox/export", include_in_schema=False)
+        def export():
+            """Everything the account holds: email activity, events, every suppression list."""
+            with sb.lock:
+                return {"messages": list(sb.messages.values()), "events": sb.events,
+                        "unsubscribes": sorted(sb.unsubscribes), "spam_reports": sorted(sb.spam_reports),
+                        "bounces": sorted(sb.bounces),
+                        "group_suppressions": {str(g): sorted(m) for g, m in sb.group_suppressions.items()}}
 
         @app.get("/v3/asm/groups")
         def groups():

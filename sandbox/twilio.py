@@ -343,6 +343,28 @@ class TwilioSandbox(Sandbox):
                                             "was not found")
                 return {k: v for k, v in m.items() if not k.startswith("_")}
 
+        @app.delete("/2010-04-01/Accounts/{account}/Messages/{sid}.json", status_code=204)
+        def delete_message(account: str, sid: str):
+            with sb.lock:
+                sb._progress(datetime.now(timezone.utc))
+                m = sb.messages.get(sid) if account == ACCOUNT_SID else None
+                if m is None:
+                    return _err(404, 20404, f"The requested resource /2010-04-01/Accounts/{account}/Messages/{sid}.json "
+                                            "was not found")
+                if m["status"] in ("queued", "sending", "accepted", "scheduled"):
+                    return _err(409, 20009, "Cannot delete message because it is in progress")
+                del sb.messages[sid]
+                sb.webhook_posts = [w for w in sb.webhook_posts if w["sid"] != sid]
+            return Response(status_code=204)
+
+        @app.get("/_sandbox/export", include_in_schema=False)
+        def export():
+            """Everything the account holds: messages (with bodies), the carrier opt-out list."""
+            with sb.lock:
+                return {"messages": [{k: v for k, v in m.items() if not k.startswith("_")}
+                                     for m in sb.messages.values()],
+                        "opt_outs": sorted(list(o) for o in sb.opt_outs), "webhook_posts": sb.webhook_posts}
+
         @app.post("/2010-04-01/Accounts/{account}/Messages.json", status_code=201)
         async def create_message(account: str, request: Request):
             if account != ACCOUNT_SID:

@@ -348,21 +348,21 @@ class ZoomSandbox(Sandbox):
     def _new_book(self, name: str, description: str, r: random.Random) -> str:
         bid = _zid(r)
         self.address_books[bid] = {"address_book_id": bid, "address_book_name": name,
-                                   "address_book_description": description, "unit_id": None, "unit_name": None}
+                                   "address_book_description": description}
         return bid
 
     def _new_field(self, body: dict[str, Any], r: random.Random) -> str:
         fid = str(uuid.UUID(int=r.getrandbits(128), version=4))
         books = [{"address_book_id": b, "address_book_name": self.address_books[b]["address_book_name"]}
                  for b in body.get("address_book_ids") or []]
-        self.custom_fields[fid] = {
+        self.custom_fields[fid] = {k: v for k, v in {
             "custom_field_id": fid, "custom_field_name": body["custom_field_name"],
-            "custom_field_description": body.get("custom_field_description"), "data_type": body["data_type"],
+            "custom_field_description": body.get("custom_field_description") or "", "data_type": body["data_type"],
             "default_value": body.get("default_value"), "pick_list_values": body.get("pick_list_values") or [],
             "address_books": books,
             **{k: bool(body.get(k, False)) for k in ("use_as_routing_profile_parameter", "use_as_external_url_parameter",
                                                      "show_in_transferred_calls", "show_in_inbound_notification",
-                                                     "show_in_profile_tab")}}
+                                                     "show_in_profile_tab")}}.items() if v is not None}
         return fid
 
     def _store_contact(self, book: str, body: dict[str, Any], r: random.Random) -> str:
@@ -494,14 +494,32 @@ class ZoomSandbox(Sandbox):
             page, nxt = res
             return {"from": _iso(lo), "to": _iso(hi), "timezone": "UTC", "page_size": size,
                     "total_records": len(hits), "next_page_token": nxt,
-                    "engagements": [{k: e.get(k) for k in LIST_FIELDS if k in e} for e in page]}
+                    "engagements": [{k: e[k] for k in LIST_FIELDS if e.get(k) is not None} for e in page]}
 
         @app.get(api + "/engagements/{engagement_id}")
         def get_engagement(engagement_id: str):
             e = sb.engagements.get(engagement_id)
             if e is None:
                 return _err(404, 2901, f"Engagement does not exist: {engagement_id}.")
-            return e
+            return {k: v for k, v in e.items() if v is not None}  # Zoom omits what it does not know
+
+        @app.delete(api + "/engagements/{engagement_id}/recordings", status_code=204)
+        def delete_recordings(engagement_id: str):
+            """Recordings and transcripts go; the engagement log itself has no delete in Zoom's API."""
+            e = sb.engagements.get(engagement_id)
+            if e is None:
+                return _err(404, 2901, f"Engagement does not exist: {engagement_id}.")
+            with sb.lock:
+                e["transcript_url"] = None
+            return Response(status_code=204)
+
+        @app.get("/_sandbox/export", include_in_schema=False)
+        def export():
+            """Everything the account holds: engagements (consumers, notes), address books and contacts."""
+            with sb.lock:
+                return {"engagements": list(sb.engagements.values()), "address_books": list(sb.address_books.values()),
+                        "contacts": list(sb.contacts.values()),
+                        "contact_fields": {k: v for k, v in sb.contact_fields.items()}}
 
         @app.get(api + "/engagements/{engagement_id}/events")
         def engagement_events(engagement_id: str):
