@@ -8,20 +8,17 @@ but HubSpot answers ``null`` for a requested property that has no value, so null
 from __future__ import annotations
 
 import copy
-import json
-import re
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonschema
 import pytest
 
 from sandbox.framework import SandboxCluster
 from sandbox.hubspot import ID_BASE, TOKEN, HubSpotSandbox, Limits
+from tests import spec_check
 
-SPECS = Path(__file__).resolve().parents[1].parent / "shared" / "specs" / "hubspot"
+SPECS = spec_check.SPECS / "hubspot"
 pytestmark = pytest.mark.skipif(not SPECS.is_dir(), reason=f"vendor specs not present at {SPECS}")
 FILES = {"contacts": "CRM_Contacts_v3_contacts.json", "calls": "CRM_Calls_v3_calls.json",
          "emails": "CRM_Emails_v3_emails.json", "notes": "CRM_Notes_v3_notes.json",
@@ -31,8 +28,7 @@ FILES = {"contacts": "CRM_Contacts_v3_contacts.json", "calls": "CRM_Calls_v3_cal
 
 @lru_cache(maxsize=None)
 def spec(name: str) -> dict[str, Any]:
-    doc = json.loads((SPECS / FILES[name]).read_text())
-    return _nullable_property_maps(doc)
+    return _nullable_property_maps(spec_check.load("hubspot", FILES[name]))
 
 
 def _nullable_property_maps(doc: dict[str, Any]) -> dict[str, Any]:
@@ -44,27 +40,8 @@ def _nullable_property_maps(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def schema_for(name: str, method: str, path: str, status: int) -> dict[str, Any]:
-    doc = spec(name)
-    for template, ops in doc["paths"].items():
-        pattern = "^" + re.sub(r"\{[^}]+\}", "[^/]+", template) + "$"
-        if re.match(pattern, path) and method.lower() in ops:
-            responses = ops[method.lower()]["responses"]
-            resp = responses.get(str(status)) or responses["default"]
-            if "$ref" in resp:  # components/responses/Error
-                resp = doc["components"]["responses"][resp["$ref"].split("/")[-1]]
-            content = resp.get("content") or {}
-            media = content.get("application/json") or content.get("*/*")
-            return {**media["schema"], "components": doc["components"]}
-    raise AssertionError(f"{method} {path} is not in {FILES[name]}")
-
-
 def check(client: httpx.Client, name: str, method: str, path: str, *, expect: int, **kw) -> dict[str, Any]:
-    r = client.request(method, path, **kw)
-    assert r.status_code == expect, (path, r.status_code, r.text[:300])
-    body = r.json()
-    jsonschema.Draft7Validator(schema_for(name, method, path.split("?")[0], r.status_code)).validate(body)
-    return body
+    return spec_check.check(client, spec(name), method, path, expect=expect, **kw)
 
 
 @pytest.fixture(scope="module")
