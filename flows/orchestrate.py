@@ -59,6 +59,16 @@ def push_stage(plan: Any, systems: list[str], force: bool = False, run_id: str |
             "failed": result.failed_systems, "alarms": result.alarms, "merges": result.merges}
 
 
+def enrich_stage(run_id: str | None = None) -> dict[str, Any]:
+    from flows.enrich import enrich_from_cdp
+
+    conn = make_connector("segment")
+    try:
+        return enrich_from_cdp(get_engine(), conn, run_id=run_id)
+    finally:
+        conn.close()
+
+
 def drain_stage(vendor: str | None = None, run_id: str | None = None) -> dict[str, Any]:
     from flows.webhooks import drain
 
@@ -72,6 +82,7 @@ class Stages:
     plan: Callable[..., Any] = plan_stage
     push: Callable[..., dict[str, Any]] = push_stage
     drain: Callable[..., dict[str, Any]] = drain_stage
+    enrich: Callable[..., dict[str, Any]] = enrich_stage
 
 
 def collect(results: list[dict[str, Any]]) -> Counts:
@@ -105,6 +116,12 @@ def omnichannel(*, systems: list[str] | None = None, push: bool = True, force_pu
     results = [stages.sync(system, stream, run_id=run_id) for system in systems for stream in streams_of(system)]
     counts = collect(results).merge(collect([webhooks]))
     resolved = stages.resolve(run_id=run_id)
+    enriched = None
+    if "segment" in systems:  # the CDP answers lookups only: ask it about the people who changed
+        enriched = stages.enrich(run_id=run_id)
+        counts.merge(collect([enriched]))
+        for k, v in stages.resolve(run_id=run_id).items():
+            resolved[k] = resolved.get(k, 0) + v
     pushed = None
     if push:
         targets = [s for s in PUSH_SYSTEMS if s in systems]
@@ -112,7 +129,8 @@ def omnichannel(*, systems: list[str] | None = None, push: bool = True, force_pu
     quota = [r for r in results if r["status"] == "quota"]
     status = "partial" if quota or (pushed and pushed["failed"]) else "completed"
     summary = {"run_id": run_id, "status": status, "counts": counts.as_dict(), "resolved": resolved,
-               "pushed": pushed, "webhooks": {k: v for k, v in webhooks.items() if k != "counts"},
+               "enriched": {"lookups": enriched["lookups"]} if enriched else None, "pushed": pushed,
+               "webhooks": {k: v for k, v in webhooks.items() if k != "counts"},
                "reconciles": counts.reconciles(),
                "quota_stops": [{"system": r["system"], "stream": r["stream"], "resume_at": r["resume_at"]}
                                for r in quota]}

@@ -89,8 +89,10 @@ plan_task = task(name="plan-push", cache_policy=NO_CACHE)(orchestrate.plan_stage
 push_task = task(name="write-push", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
                  retry_condition_fn=retry_unless_client_error)(orchestrate.push_stage)
 drain_webhooks_task = task(name="drain-webhooks", cache_policy=NO_CACHE)(orchestrate.drain_stage)
+enrich_task = task(name="enrich-from-cdp", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+                   retry_condition_fn=retry_unless_client_error)(orchestrate.enrich_stage)
 PREFECT_STAGES = orchestrate.Stages(sync=sync_stream_task, resolve=resolve_task, plan=plan_task, push=push_task,
-                                    drain=drain_webhooks_task)
+                                    drain=drain_webhooks_task, enrich=enrich_task)
 
 
 # --- flows ---------------------------------------------------------------------------------------
