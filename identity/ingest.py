@@ -363,6 +363,8 @@ def resolve_pending(session: Session, *, run_id: str | None = None, batch: int =
         session.flush()
         totals["remaining"] = 1
         return dict(totals)
+    # Interactions and consent that arrived before their customer's profile get another chance.
+    totals.update(resolver.relink_orphans(session))
     totals["remaining"] = 0
     return dict(totals)
 
