@@ -3,7 +3,8 @@
 The receiver (api/webhooks.py) stores each verified event before answering and then asks Prefect to
 run ``drain-webhooks``; if that trigger is lost, the next run drains the table anyway. Events are
 processed in order of occurrence, mapped and stored like any page, and marked processed in the same
-transaction. HubSpot webhooks carry only ids, so they trigger an incremental read of the stream.
+transaction. HubSpot and Zoom webhooks carry only ids and partial objects, and a Twilio status
+callback only a new status, so those trigger an incremental read of the stream instead.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from sqlalchemy.engine import Engine
 from identity.ingest import Counts, ingest_records
 from identity.store import run_in_transaction
 
-TRIGGER_STREAMS = {("hubspot", "webhook_events"): ("hubspot", "contacts")}
+TRIGGER_STREAMS = {("hubspot", "webhook_events"): ("hubspot", "contacts"),
+                   ("zoom", "webhook_events"): ("zoom", "engagements"),
+                   ("twilio", "webhook_events"): ("twilio", "messages")}
 
 
 def drain(engine: Engine, *, vendor: str | None = None, run_id: str | None = None, batch: int = 500,
