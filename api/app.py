@@ -1,0 +1,648 @@
+"""The golden-record API and the agent's Customer 360 page (FastAPI).
+
+Downstream systems read the golden store through this service; it never writes golden data.
+
+* ``GET /health``, ``GET /ready``: liveness with the store's reachability and the last run (no auth).
+* ``GET /v1/lookup``: the screen pop, by email, phone or any system's external id; answers with what
+  routing and the agent need first (name, language, consent, tier, last contact, open case, the
+  last bot hand-off). Scope ``lookup``.
+* ``GET /v1/profiles/{id}`` and ``/timeline``: the profile with consent and lineage, the unified
+  timeline with keyset paging over ``(started_at, id)``. Scope ``profile:read``.
+* ``GET /v1/changes``: the change feed, keyset by ``seq``. Scope ``profile:read``.
+* ``GET /v1/analytics/journeys``, ``/v1/analytics/wfm`` and ``/wfm.csv``. Scope ``profile:read``.
+* ``GET /360/...``: the server-rendered Customer 360 page; the key travels in an HttpOnly cookie
+  set by ``/360/login``.
+
+Invariants: merged-away ids always resolve to their survivor (and say so); callers without
+``pii:read`` get every personal value masked (``omnisync.privacy``); every error is an RFC 9457
+problem document naming the parameter at fault, never a 500 for bad input. The API reads the key
+from headers only, never from the cookie, so a browser session cannot be replayed against it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import and_, or_, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api import keys
+from api.keys import Principal
+from identity import analytics
+from identity.store import (ChangeEvent, GoldenAlias, GoldenRecord, IdentityKey, InteractionRow, OutboundLedger,
+                            get_engine)
+from omnisync.model import Channel, normalize_email, normalize_phone
+from omnisync.privacy import mask_email, mask_name, mask_phone, mask_text
+
+log = logging.getLogger("omnisync.api")
+HERE = Path(__file__).parent
+COOKIE = "omnisync_key"
+MAX_ALIAS_HOPS = 16
+OPEN_STATUSES = {"in_progress", "open", "pending", "new", "escalated", "waiting", "abandoned_in_queue"}
+CLOSED_STATUSES = {"resolved", "closed", "solved", "contained"}
+OPEN_DISPOSITION_WORDS = ("follow-up", "follow up", "callback", "call back", "escalat", "unresolved", "pending")
+SYSTEM_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot", "zoom": "Zoom CC", "twilio": "Twilio",
+                "sendgrid": "SendGrid", "segment": "Segment"}
+
+
+# --- problems ------------------------------------------------------------------------------------
+
+class Problem(Exception):
+    """An error answered as ``application/problem+json`` (RFC 9457)."""
+
+    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.extra = status, title, detail, extra
+
+
+def _problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None,
+             **extra: Any) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def _bad(param: str, reason: str) -> Problem:
+    return Problem(400, "Bad parameter", f"{param}: {reason}", param=param)
+
+
+# --- masking -------------------------------------------------------------------------------------
+
+def _mask_value(v: Any) -> Any:
+    if isinstance(v, str):
+        return mask_text(v)
+    if isinstance(v, list):
+        return [_mask_value(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _mask_value(x) for k, x in v.items()}
+    return v
+
+
+_NAME_FIELDS = ("first_name", "last_name", "full_name")
+_KEEP_FIELDS = {"company", "title", "locale", "timezone", "value_tier", "consent", "external_ids"}
+
+
+def mask_profile(p: dict[str, Any]) -> dict[str, Any]:
+    """A profile as a caller without ``pii:read`` sees it: names to initials, contacts to a hint."""
+    out: dict[str, Any] = {}
+    for k, v in p.items():
+        if k in _NAME_FIELDS:
+            out[k] = mask_name(v) if isinstance(v, str) else v
+        elif k == "emails":
+            out[k] = [mask_email(e) for e in v or []]
+        elif k == "phones":
+            out[k] = [mask_phone(x) for x in v or []]
+        elif k == "addresses":
+            out[k] = [{"country": a.get("country"), "state": a.get("state"), "masked": True}
+                      for a in v or [] if isinstance(a, dict)]
+        elif k == "birth_date":
+            out[k] = "***" if v else v
+        elif k in _KEEP_FIELDS:
+            out[k] = v
+        else:
+            out[k] = _mask_value(v)
+    return out
+
+
+def mask_lineage(lineage: dict[str, Any]) -> dict[str, Any]:
+    # lineage names systems, records and rules; any copied value is personal data
+    return {f: ({k: ("***" if k in ("value", "values") else v) for k, v in src.items()}
+                if isinstance(src, dict) else src) for f, src in lineage.items()}
+
+
+def interaction_view(it: InteractionRow, pii: bool) -> dict[str, Any]:
+    data = it.data or {}
+    handoff = data.get("handoff") or None
+    attrs = dict(data.get("attributes") or {})
+    view = {
+        "id": it.id, "system": it.system, "external_id": it.external_id, "channel": it.channel,
+        "direction": it.direction, "started_at": _iso(it.started_at), "ended_at": _iso(it.ended_at),
+        "queue": it.queue, "agent": it.agent, "disposition": it.disposition, "summary": it.summary,
+        "subject": data.get("subject"), "status": data.get("status"),
+        "customer_email": data.get("customer_email"), "customer_phone": data.get("customer_phone"),
+        "handoff": dict(handoff) if handoff else None, "attributes": attrs,
+    }
+    if not pii:
+        view["customer_email"] = mask_email(view["customer_email"])
+        view["customer_phone"] = mask_phone(view["customer_phone"])
+        for k in ("summary", "subject"):
+            view[k] = mask_text(view[k]) if view[k] else view[k]
+        if "consumer_name" in attrs:
+            attrs["consumer_name"] = mask_name(attrs["consumer_name"])
+        view["attributes"] = {k: (v if k == "consumer_name" else _mask_value(v)) for k, v in attrs.items()}
+        if view["handoff"]:
+            h = view["handoff"]
+            h["summary"] = mask_text(h["summary"]) if h.get("summary") else h.get("summary")
+            h["context"] = _mask_value(h.get("context") or {})
+    return view
+
+
+def _iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:  # SQLite returns naive datetimes; the store writes UTC
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# --- reading the store ---------------------------------------------------------------------------
+
+def resolve_survivor(s: Session, golden_id: str) -> tuple[str, GoldenRecord | None]:
+    """Follow aliases and ``merged_into`` to the surviving golden id (and its record, if any)."""
+    gid, seen = golden_id, set()
+    for _ in range(MAX_ALIAS_HOPS):
+        if gid in seen:
+            break
+        seen.add(gid)
+        alias = s.get(GoldenAlias, gid)
+        if alias is not None and alias.golden_id != gid:
+            gid = alias.golden_id
+            continue
+        rec = s.get(GoldenRecord, gid)
+        if rec is not None and rec.status == "merged" and rec.merged_into and rec.merged_into != gid:
+            gid = rec.merged_into
+            continue
+        return gid, rec
+    raise Problem(500, "Alias loop", f"golden id {golden_id} does not lead to a survivor")
+
+
+def _ids_of(s: Session, survivor: str) -> list[str]:
+    """The survivor and every id merged into it (interactions may still carry an absorbed id)."""
+    aliases = s.exec(select(GoldenAlias.alias_id).where(GoldenAlias.golden_id == survivor)).all()
+    return [survivor, *sorted(set(aliases) - {survivor})]
+
+
+def load_profile(s: Session, golden_id: str) -> tuple[str, GoldenRecord]:
+    if not golden_id or len(golden_id) > 40:
+        raise _bad("golden_id", "must be 1-40 characters")
+    survivor, rec = resolve_survivor(s, golden_id)
+    if rec is None:
+        raise Problem(404, "Not found", f"no golden record {golden_id}")
+    if rec.status == "erased":
+        raise Problem(410, "Erased", f"golden record {survivor} was erased on request", golden_id=survivor)
+    return survivor, rec
+
+
+def _interactions(s: Session, ids: list[str]) -> Any:
+    return select(InteractionRow).where(InteractionRow.golden_id.in_(ids))
+
+
+def open_case(recent: list[InteractionRow]) -> dict[str, Any] | None:
+    """The customer's open issue: the latest contact with an outcome decides (newest first).
+
+    An outcome is an agent's disposition or a status that opens or closes an issue; delivery states
+    of messages (sent, delivered, completed) say nothing about the issue and are passed over.
+    """
+    for it in recent:
+        status = ((it.data or {}).get("status") or "").lower()
+        disp = (it.disposition or "").lower()
+        if status in OPEN_STATUSES or any(w in disp for w in OPEN_DISPOSITION_WORDS):
+            return {"interaction_id": it.id, "system": it.system, "channel": it.channel, "since": _iso(it.started_at),
+                    "status": status or None, "disposition": it.disposition, "queue": it.queue}
+        if disp or status in CLOSED_STATUSES:
+            return None
+    return None
+
+
+def consent_summary(profile: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"channel": c.get("channel"), "purpose": c.get("purpose"), "status": c.get("status"),
+             "since": c.get("observed_at"), "source_system": c.get("source_system")}
+            for c in sorted(profile.get("consent") or [], key=lambda c: (c.get("channel", ""), c.get("purpose", "")))]
+
+
+def display_name(profile: dict[str, Any]) -> str | None:
+    if profile.get("full_name"):
+        return profile["full_name"]
+    return " ".join(p for p in (profile.get("first_name"), profile.get("last_name")) if p) or None
+
+
+def lookup_ids(s: Session, kind: str, value: str) -> list[str]:
+    rows = s.exec(select(IdentityKey.golden_id).where(IdentityKey.kind == kind, IdentityKey.value == value)
+                  .distinct().limit(50)).all()
+    return list(rows)
+
+
+def screen_pop(s: Session, rec: GoldenRecord, pii: bool) -> dict[str, Any]:
+    ids = _ids_of(s, rec.golden_id)
+    recent = list(s.exec(_interactions(s, ids).order_by(InteractionRow.started_at.desc(), InteractionRow.id.desc())
+                         .limit(20)))
+    p = rec.profile or {}
+    last = recent[0] if recent else None
+    last_agent = next((it for it in recent if it.agent), None)
+    last_handoff = next((it for it in recent if (it.data or {}).get("handoff")), None)
+    name = display_name(p)
+    return {
+        "golden_id": rec.golden_id,
+        "name": name if pii else mask_name(name),
+        "preferred_language": p.get("locale"),
+        "timezone": p.get("timezone"),
+        "value_tier": p.get("value_tier"),
+        "consent": consent_summary(p),
+        "last_channel": last.channel if last else None,
+        "last_contact_at": _iso(last.started_at) if last else None,
+        "last_agent": last_agent.agent if last_agent else None,
+        "last_queue": last_agent.queue if last_agent else (last.queue if last else None),
+        "open_case": open_case(recent),
+        "last_interaction": interaction_view(last, pii) if last else None,
+        "last_handoff": interaction_view(last_handoff, pii) if last_handoff else None,
+    }
+
+
+# --- cursors -------------------------------------------------------------------------------------
+
+def encode_cursor(started_at: datetime, row_id: int) -> str:
+    raw = json.dumps([_iso(started_at), row_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        when, row_id = json.loads(raw)
+        at = datetime.fromisoformat(str(when).replace("Z", "+00:00"))
+        if not isinstance(row_id, int) or isinstance(row_id, bool):
+            raise ValueError("id")
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise _bad("cursor", "not a cursor returned by this API") from None
+    return at, row_id
+
+
+def _parse_channels(channels: str | None) -> list[str] | None:
+    if not channels:
+        return None
+    wanted = sorted({c.strip().lower() for c in channels.split(",") if c.strip()})
+    known = {c.value for c in Channel}
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise _bad("channels", f"unknown channel(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+    return wanted or None
+
+
+def _parse_time(param: str, value: str | None) -> datetime | None:
+    if value is None or value == "":
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise _bad(param, "not an ISO 8601 date or time") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _store_time(s: Session, t: datetime) -> datetime:
+    # SQLite stores naive UTC text; comparing an aware value there would compare strings with an offset
+    if s.get_bind().dialect.name == "sqlite":
+        return t.astimezone(timezone.utc).replace(tzinfo=None)
+    return t
+
+
+# --- app -----------------------------------------------------------------------------------------
+
+def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
+    """The API app over the store at ``engine_or_url`` (an Engine, a URL, or None for the settings)."""
+    engine = engine_or_url if isinstance(engine_or_url, Engine) else get_engine(engine_or_url)
+    app = FastAPI(title="omnisync golden-record API", version="1.0",
+                  description="Screen-pop lookup, golden profiles with lineage, the unified timeline, the "
+                              "change feed, journey analytics and the agent's Customer 360 page. Authenticate "
+                              "with `Authorization: Bearer <key>` or `X-API-Key`.")
+    app.state.engine = engine
+    templates = Environment(loader=FileSystemLoader(HERE / "templates"),
+                            autoescape=select_autoescape(default=True, default_for_string=True))
+    templates.globals["system_name"] = lambda s: SYSTEM_NAMES.get(s, s)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    def get_session() -> Iterator[Session]:
+        with Session(engine, expire_on_commit=False) as s:
+            yield s
+
+    def _header_secret(request: Request) -> str | None:
+        auth = request.headers.get("authorization")
+        if auth:
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        return request.headers.get("x-api-key")
+
+    def _require(scope: str, *, cookie: bool = False):
+        def dep(request: Request, s: Session = Depends(get_session)) -> Principal:
+            secret = _header_secret(request) or (request.cookies.get(COOKIE) if cookie else None)
+            principal = keys.authenticate(s, secret)
+            if principal is None:
+                raise Problem(401, "Unauthorized", "a valid API key is required (Authorization: Bearer <key> "
+                                                   "or X-API-Key)" if not secret else "the API key is unknown "
+                                                   "or revoked", page=cookie)
+            if not principal.has(scope):
+                raise Problem(403, "Forbidden", f"key {principal.name!r} lacks the {scope!r} scope", scope=scope)
+            return principal
+        return dep
+
+    @app.exception_handler(Problem)
+    async def _on_problem(request: Request, exc: Problem) -> Response:
+        extra = dict(exc.extra)
+        if extra.pop("page", False) and exc.status == 401:
+            return RedirectResponse(f"/360/login?next={_safe_next(request.url.path)}", status_code=303)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status >= 500:
+            log.error("api problem %s: %s", exc.title, exc.detail)
+        return _problem(exc.status, exc.title, exc.detail, headers=headers, **extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_validation(request: Request, exc: RequestValidationError) -> Response:
+        # Pydantic echoes the bad input; it may be an address or a number, so only say where and why.
+        errors = [{"param": ".".join(str(x) for x in e.get("loc", ())[1:]) or "body", "reason": e.get("msg")}
+                  for e in exc.errors()]
+        detail = "; ".join(f"{e['param']}: {e['reason']}" for e in errors)
+        return _problem(422, "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        return _problem(exc.status_code, "Not found" if exc.status_code == 404 else "HTTP error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _on_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return _problem(500, "Internal error", "the server failed to answer; the error is logged")
+
+    try:
+        from api.webhooks import router as webhook_router  # written separately; may land later
+    except ImportError:
+        webhook_router = None
+    if webhook_router is not None:
+        app.include_router(webhook_router)
+
+    # --- health ---------------------------------------------------------------------------------
+
+    def _health() -> tuple[int, dict[str, Any]]:
+        from identity.runs import last_run
+
+        try:
+            with Session(engine) as s:
+                s.exec(text("select 1"))
+                run = last_run(s)
+        except Exception as e:  # unreachable store: say so, never raise
+            return 503, {"status": "unavailable", "store": "unreachable", "error": type(e).__name__}
+        return 200, {"status": "ok", "store": "ok", "backend": engine.dialect.name,
+                     "last_run": None if run is None else {"run_id": run.run_id, "flow": run.flow,
+                                                           "status": run.status, "flagged": run.flagged,
+                                                           "started_at": _iso(run.started_at),
+                                                           "finished_at": _iso(run.finished_at)}}
+
+    @app.get("/health", tags=["health"], summary="Liveness: the store is reachable; the last sync run")
+    def health() -> JSONResponse:
+        status, body = _health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/ready", tags=["health"], summary="Readiness: 200 once the store answers, else 503")
+    def ready() -> JSONResponse:
+        status, body = _health()
+        return JSONResponse({"ready": status == 200, "store": body["store"]}, status_code=status)
+
+    # --- v1 -------------------------------------------------------------------------------------
+
+    def _find(s: Session, email: str | None, phone: str | None, external_id: str | None,
+              system: str | None) -> tuple[str, str, str]:
+        given = [n for n, v in (("email", email), ("phone", phone), ("external_id", external_id)) if v]
+        if len(given) != 1:
+            raise _bad("email|phone|external_id", "give exactly one of email, phone or external_id")
+        if email:
+            try:
+                return "email", normalize_email(email), mask_email(email.strip().lower()) or ""
+            except ValueError:
+                raise _bad("email", "not a valid email address") from None
+        if phone:
+            try:
+                e164 = normalize_phone(phone)
+            except ValueError:
+                raise _bad("phone", "not a valid phone number") from None
+            return "phone", e164, mask_phone(e164) or ""
+        if not system:
+            raise _bad("system", "external_id needs the system it belongs to (e.g. system=hubspot)")
+        if len(system) > 20 or not system.replace("_", "").isalnum():
+            raise _bad("system", "not a system name")
+        if len(external_id) > 128:
+            raise _bad("external_id", "longer than 128 characters")
+        return f"ext:{system.lower()}", external_id, external_id
+
+    @app.get("/v1/lookup", tags=["lookup"], summary="Screen pop: find a customer by email, phone or external id")
+    def lookup(email: str | None = Query(None, max_length=254), phone: str | None = Query(None, max_length=40),
+               external_id: str | None = Query(None), system: str | None = Query(None),
+               who: Principal = Depends(_require("lookup")), s: Session = Depends(get_session)) -> dict[str, Any]:
+        """Answers with the survivor of every merge, and what routing and the agent need first."""
+        kind, value, shown = _find(s, email, phone, external_id, system)
+        survivors: dict[str, GoldenRecord] = {}
+        for gid in lookup_ids(s, kind, value):
+            sid, rec = resolve_survivor(s, gid)
+            if rec is not None and rec.status == "active":
+                survivors.setdefault(sid, rec)
+        if not survivors:
+            raise Problem(404, "Not found", f"no customer has {kind} {shown if who.pii else '(masked)'}")
+        best = max(survivors.values(), key=lambda r: (_iso(r.updated_at) or "", r.golden_id))
+        body = screen_pop(s, best, who.pii)
+        body["matched_on"] = kind
+        body["other_matches"] = sorted(set(survivors) - {best.golden_id})
+        body["profile_url"] = f"/v1/profiles/{best.golden_id}"
+        body["customer360_url"] = f"/360/{best.golden_id}"
+        return body
+
+    @app.get("/v1/profiles/{golden_id}", tags=["profiles"], summary="One golden profile with consent and lineage")
+    def profile(golden_id: str, lineage: bool = True, who: Principal = Depends(_require("profile:read")),
+                s: Session = Depends(get_session)) -> dict[str, Any]:
+        """An absorbed id answers with its survivor: ``golden_id`` is the survivor, ``requested_id`` what was asked."""
+        survivor, rec = load_profile(s, golden_id)
+        p = rec.profile or {}
+        body: dict[str, Any] = {
+            "golden_id": survivor, "requested_id": golden_id, "redirected": survivor != golden_id,
+            "status": rec.status, "version": rec.version, "created_at": _iso(rec.created_at),
+            "updated_at": _iso(rec.updated_at), "profile": p if who.pii else mask_profile(p),
+            "consent": consent_summary(p), "merged_ids": _ids_of(s, survivor)[1:], "masked": not who.pii,
+        }
+        if lineage:
+            body["lineage"] = rec.lineage if who.pii else mask_lineage(rec.lineage or {})
+        return body
+
+    @app.get("/v1/profiles/{golden_id}/timeline", tags=["profiles"], summary="The unified timeline, newest first")
+    def timeline(golden_id: str, cursor: str | None = None, limit: int = Query(50, ge=1, le=500),
+                 channels: str | None = Query(None, description="comma-separated, e.g. voice,chat,bot"),
+                 who: Principal = Depends(_require("profile:read")),
+                 s: Session = Depends(get_session)) -> dict[str, Any]:
+        """Keyset paging over ``(started_at, id)``: pass ``next_cursor`` back as ``cursor``."""
+        chans = _parse_channels(channels)
+        after = decode_cursor(cursor) if cursor else None
+        survivor, _rec = load_profile(s, golden_id)
+        return timeline_page(s, survivor, after, limit, chans, who.pii)
+
+    @app.get("/v1/changes", tags=["changes"], summary="The change feed: golden changes, merges and erasures")
+    def changes(since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                who: Principal = Depends(_require("profile:read")),
+                s: Session = Depends(get_session)) -> dict[str, Any]:
+        """Events with ``seq > since`` in order; resume from ``next_since``."""
+        rows = list(s.exec(select(ChangeEvent).where(ChangeEvent.seq > since).order_by(ChangeEvent.seq)
+                           .limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        events = [{"seq": r.seq, "golden_id": r.golden_id, "kind": r.kind, "at": _iso(r.at),
+                   "detail": r.detail if who.pii else _mask_value(r.detail)} for r in rows]
+        return {"events": events, "next_since": rows[-1].seq if rows else since, "has_more": more}
+
+    @app.get("/v1/analytics/journeys", tags=["analytics"], summary="Journey metrics from the unified timeline")
+    def journeys(since: str | None = None, until: str | None = None, days: int | None = Query(None, ge=1, le=3660),
+                 format: str = Query("json", pattern="^(json|markdown)$"),
+                 who: Principal = Depends(_require("profile:read")), s: Session = Depends(get_session)) -> Response:
+        try:
+            m = analytics.journey_metrics(s, _parse_time("since", since), _parse_time("until", until), days=days)
+        except ValueError as e:
+            raise _bad("since|until|days", str(e)) from None
+        if format == "markdown":
+            return PlainTextResponse(analytics.journey_markdown(m), media_type="text/markdown")
+        return JSONResponse(m)
+
+    def _wfm(s: Session, since: str | None, until: str | None, direction: str, channels: str | None) -> list[dict]:
+        chans = _parse_channels(channels)
+        try:
+            return analytics.wfm_intervals(s, _parse_time("since", since), _parse_time("until", until),
+                                           direction=direction, channels=chans)
+        except ValueError as e:
+            raise _bad("since|until|direction", str(e)) from None
+
+    @app.get("/v1/analytics/wfm", tags=["analytics"], summary="WFM feed: volume and handle time per 15 minutes")
+    def wfm(since: str | None = None, until: str | None = None, direction: str = "inbound",
+            channels: str | None = None, who: Principal = Depends(_require("profile:read")),
+            s: Session = Depends(get_session)) -> dict[str, Any]:
+        return {"interval_minutes": 15, "rows": _wfm(s, since, until, direction, channels)}
+
+    @app.get("/v1/analytics/wfm.csv", tags=["analytics"], summary="The WFM feed as CSV for forecasting tools")
+    def wfm_csv(since: str | None = None, until: str | None = None, direction: str = "inbound",
+                channels: str | None = None, who: Principal = Depends(_require("profile:read")),
+                s: Session = Depends(get_session)) -> Response:
+        body = analytics.wfm_csv(_wfm(s, since, until, direction, channels))
+        return Response(body, media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="wfm_intervals.csv"'})
+
+    # --- Customer 360 ---------------------------------------------------------------------------
+
+    def _html(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        return HTMLResponse(templates.get_template(name).render(**ctx), status_code=status,
+                            headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                                     "Content-Security-Policy": "default-src 'self'; style-src 'self'"})
+
+    @app.get("/360/login", tags=["customer 360"], response_class=HTMLResponse,
+             summary="Sign the browser in with an API key (stored in an HttpOnly cookie)")
+    def login(key: str | None = None, next: str = "/360", s: Session = Depends(get_session)) -> Response:
+        target = _safe_next(next)
+        if not key:
+            return _html("login.html", next=target, error=None)
+        principal = keys.authenticate(s, key.strip())
+        if principal is None or not principal.has("profile:read"):
+            return _html("login.html", status=401, next=target,
+                         error="That key is unknown, revoked, or lacks the profile:read scope.")
+        resp = RedirectResponse(target, status_code=303)
+        resp.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", path="/360", max_age=8 * 3600)
+        return resp
+
+    @app.get("/360/logout", tags=["customer 360"], include_in_schema=False)
+    def logout() -> Response:
+        resp = RedirectResponse("/360/login", status_code=303)
+        resp.delete_cookie(COOKIE, path="/360")
+        return resp
+
+    @app.get("/360", tags=["customer 360"], response_class=HTMLResponse, summary="Find a customer (search form)")
+    def find_page(email: str | None = None, phone: str | None = None, external_id: str | None = None,
+                  system: str | None = None, who: Principal = Depends(_require("profile:read", cookie=True)),
+                  s: Session = Depends(get_session)) -> Response:
+        if not (email or phone or external_id):
+            return _html("search.html", who=who, error=None, q={})
+        q = {"email": email or "", "phone": phone or "", "external_id": external_id or "", "system": system or ""}
+        try:
+            kind, value, _ = _find(s, email, phone, external_id, system)
+        except Problem as e:
+            return _html("search.html", status=400, who=who, error=e.detail, q=q)
+        for gid in lookup_ids(s, kind, value):
+            sid, rec = resolve_survivor(s, gid)
+            if rec is not None and rec.status == "active":
+                return RedirectResponse(f"/360/{sid}", status_code=303)
+        return _html("search.html", status=404, who=who, error="No customer matches that.", q=q)
+
+    @app.get("/360/{golden_id}", tags=["customer 360"], response_class=HTMLResponse,
+             summary="The agent's Customer 360 page for one customer")
+    def customer360(golden_id: str, cursor: str | None = None, channels: str | None = None,
+                    who: Principal = Depends(_require("profile:read", cookie=True)),
+                    s: Session = Depends(get_session)) -> Response:
+        try:
+            survivor, rec = load_profile(s, golden_id)
+        except Problem as e:
+            if e.status in (400, 404, 410):
+                return _html("search.html", status=e.status, who=who, error=e.detail, q={})
+            raise
+        if survivor != golden_id:
+            return RedirectResponse(f"/360/{survivor}?merged_from={golden_id}", status_code=303)
+        try:
+            chans = _parse_channels(channels)
+            after = decode_cursor(cursor) if cursor else None
+        except Problem as e:
+            return _html("search.html", status=400, who=who, error=e.detail, q={})
+        page = timeline_page(s, survivor, after, 100, chans, who.pii)
+        p = rec.profile or {}
+        shown = p if who.pii else mask_profile(p)
+        return _html("customer360.html", who=who, g=rec, profile=shown, name=display_name(shown) or "(no name)",
+                     lineage=rec.lineage or {}, consent=consent_summary(p), pop=screen_pop(s, rec, who.pii),
+                     timeline=page, channels=chans or [], all_channels=[c.value for c in Channel],
+                     pushed=pushed_to(s, survivor, page["items"]), merged_ids=_ids_of(s, survivor)[1:],
+                     merged_from=None)
+
+    return app
+
+
+def timeline_page(s: Session, survivor: str, after: tuple[datetime, int] | None, limit: int,
+                  chans: list[str] | None, pii: bool) -> dict[str, Any]:
+    q = _interactions(s, _ids_of(s, survivor))
+    if chans:
+        q = q.where(InteractionRow.channel.in_(chans))
+    if after is not None:
+        at, row_id = after
+        at = _store_time(s, at)
+        q = q.where(or_(InteractionRow.started_at < at,
+                        and_(InteractionRow.started_at == at, InteractionRow.id < row_id)))
+    rows = list(s.exec(q.order_by(InteractionRow.started_at.desc(), InteractionRow.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"golden_id": survivor, "items": [interaction_view(r, pii) for r in rows],
+            "next_cursor": encode_cursor(rows[-1].started_at, rows[-1].id) if more and rows else None,
+            "channels": chans}
+
+
+def pushed_to(s: Session, golden_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What was pushed back where: the outbound ledger rows for this customer and these interactions."""
+    q = select(OutboundLedger).where(OutboundLedger.key.startswith(f"{golden_id}|", autoescape=True))
+    rows = list(s.exec(q.limit(200)))
+    ikeys = [f"{i['system']}:{i['external_id']}" for i in items]
+    if ikeys:
+        rows += list(s.exec(select(OutboundLedger).where(OutboundLedger.key.in_(ikeys)).limit(200)))
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        t = out.setdefault((r.target_system, r.target_stream),
+                           {"system": r.target_system, "stream": r.target_stream, "records": 0, "fields": set(),
+                            "last_written": None})
+        t["records"] += 1
+        t["fields"].update(((r.payload or {}).get("vendor") or {}).keys())
+        w = _iso(r.written_at)
+        t["last_written"] = max(filter(None, [t["last_written"], w]), default=None)
+    return [{**t, "fields": sorted(t["fields"])} for _, t in sorted(out.items())]
+
+
+def _safe_next(path: str) -> str:
+    # only same-site paths under /360: an open redirect would turn the login link into a phishing tool
+    if not path.startswith("/360") or "//" in path or "\\" in path:
+        return "/360"
+    return path
