@@ -532,8 +532,8 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
 
     # --- Customer 360 ---------------------------------------------------------------------------
 
-    def _html(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
-        return HTMLResponse(templates.get_template(name).render(**ctx), status_code=status,
+    def _html(template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        return HTMLResponse(templates.get_template(template).render(**ctx), status_code=status,
                             headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                                      "Content-Security-Policy": "default-src 'self'; style-src 'self'"})
 
