@@ -1,0 +1,380 @@
+"""Salesforce through simple-salesforce (the real SDK, in session-id mode, over https).
+
+Reads are one SOQL ``queryAll`` per stream ordered by ``(SystemModstamp, Id)``: live rows, deleted
+rows (``IsDeleted``) and merge losers (``MasterRecordId``, reported as ``merged_into``) arrive in
+one ordered pass, so a single compound cursor covers changes and deletions alike. The lower bound
+is built with ``format_soql``: the stored cursor minus the overlap window, or, with no overlap
+(and whenever a query locator is lost mid-read), the exact ``(SystemModstamp, Id)`` pair, so rows
+sharing one second are never skipped nor repeated. Writes go through sObject Collections, 200
+records a call with ``allOrNone`` false: updates by Id, upserts on an external-id field
+(``Omnisync_Golden_Id__c`` for people, ``Omnisync_Interaction_Id__c`` for activities), each
+result tied to its input by position. ``Sforce-Limit-Info`` feeds the daily budget; the sync stops
+cleanly before the allocation is spent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import requests
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceError
+from simple_salesforce.format import format_soql
+
+from connectors.base import Connector, StreamSpec, chunks
+from connectors.credentials import SalesforceCredentials
+from connectors.errors import (
+    AuthError,
+    ConnectorError,
+    QuotaExhaustedError,
+    TransientError,
+    error_for,
+)
+from connectors.http import RateBudget, RetryPolicy, with_retries
+from omnisync.privacy import mask_text
+from omnisync.records import Cursor, OutboundRecord, Page, SourceRecord, WriteOutcome, WriteStatus
+
+COLLECTION = 200
+QUERY_BATCH = 2000
+# Keep a reserve of the daily allocation for people working in Salesforce itself.
+QUOTA_RESERVE = 0.02
+SYSTEM_FIELDS = ["Id", "IsDeleted", "MasterRecordId", "CreatedDate", "LastModifiedDate", "SystemModstamp"]
+FIELDS = {
+    "contacts": ["FirstName", "LastName", "Email", "Phone", "MobilePhone", "Title", "Birthdate", "MailingStreet",
+                 "MailingCity", "MailingState", "MailingPostalCode", "MailingCountry", "LeadSource",
+                 "HasOptedOutOfEmail", "DoNotCall", "Omnisync_Golden_Id__c"],
+    "leads": ["FirstName", "LastName", "Email", "Phone", "MobilePhone", "Company", "Title", "Street", "City", "State",
+              "PostalCode", "Country", "Status", "LeadSource", "HasOptedOutOfEmail", "DoNotCall", "IsConverted",
+              "ConvertedContactId", "Omnisync_Golden_Id__c"],
+    "tasks": ["WhoId", "OwnerId", "Subject", "Description", "TaskSubtype", "CallType", "CallDurationInSeconds",
+              "CallDisposition", "ActivityDate", "Status", "Omnisync_Interaction_Id__c"],
+}
+SOBJECT = {"contacts": "Contact", "leads": "Lead", "tasks": "Task"}
+EXTERNAL_ID = {"contacts": "Omnisync_Golden_Id__c", "leads": "Omnisync_Golden_Id__c",
+               "tasks": "Omnisync_Interaction_Id__c"}
+# Only calls and emails are customer interactions; other Tasks are reps' to-dos.
+TASK_FILTER = " AND TaskSubtype IN ('Call', 'Email')"
+RETRYABLE_CODES = {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "UNKNOWN_EXCEPTION"}
+HINTS = {
+    "INVALID_EMAIL_ADDRESS": "fix the golden email (it is not a valid address)",
+    "REQUIRED_FIELD_MISSING": "the mapping must write the required field named",
+    "DUPLICATE_VALUE": "another Salesforce record already holds this external id; link or merge them",
+    "ENTITY_IS_DELETED": "the record was deleted or merged in Salesforce; sync it again, then re-run the push",
+    "INVALID_CROSS_REFERENCE_KEY": "the related record (WhoId) does not exist; sync contacts, then re-run the push",
+    "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST": "the value is not in the picklist: fix the vocabulary in "
+                                               "mappings/vocab_salesforce.py",
+    "INVALID_FIELD_FOR_INSERT_UPDATE": "the field is read-only: set its direction to 'in' in the mapping",
+    "INVALID_FIELD": "the field does not exist in this org: fix the mapping or create the field",
+}
+
+
+class _Instrumented(requests.Session):
+    """The SDK's HTTP session: every request is budgeted, counted, bounded in time, and its
+    ``Sforce-Limit-Info`` header read, so SDK calls obey the same policy as the HTTP layer."""
+
+    def __init__(self, owner: "SalesforceConnector", verify: Any, timeout: tuple[float, float]):
+        super().__init__()
+        self.owner = owner
+        self.verify = verify
+        self.default_timeout = timeout
+
+    def request(self, method: str, url: str, *args: Any, **kw: Any) -> requests.Response:  # type: ignore[override]
+        self.owner._before_call()
+        kw.setdefault("timeout", self.default_timeout)
+        # Explicitly: requests would let REQUESTS_CA_BUNDLE replace the session's CA file.
+        kw.setdefault("verify", self.verify)
+        self.owner.calls[f"{method} {_endpoint(url)}"] += 1
+        resp = super().request(method, url, *args, **kw)
+        self.owner._observe(resp.headers.get("Sforce-Limit-Info"))
+        return resp
+
+
+class SalesforceConnector(Connector):
+    system = "salesforce"
+    streams = {
+        "contacts": StreamSpec("contacts", "profile", "Contact", page_size=QUERY_BATCH, write_batch=COLLECTION),
+        "leads": StreamSpec("leads", "profile", "Lead", page_size=QUERY_BATCH),
+        "tasks": StreamSpec("tasks", "interaction", "Task", page_size=QUERY_BATCH, write_batch=COLLECTION),
+    }
+
+    def __init__(self, credentials: SalesforceCredentials, *, budget: RateBudget | None = None,
+                 policy: RetryPolicy | None = None, timeout: float = 60.0, query_batch: int = QUERY_BATCH,
+                 overlap: timedelta | None = None):
+        self.creds = credentials
+        self.budget = budget or RateBudget(25.0, 25)
+        self.policy = policy or RetryPolicy()
+        self.query_batch = query_batch
+        self.overlap = overlap
+        self.calls: Counter = Counter()
+        self.retries = 0
+        self.usage: tuple[int, int] | None = None  # (used, total) from Sforce-Limit-Info
+        self.session = _Instrumented(self, credentials.ca_bundle or True, (min(timeout, 10.0), timeout))
+        self.sf = Salesforce(instance_url=credentials.instance_url, session_id=credentials.session_id.get_secret_value(),
+                             version=credentials.api_version, session=self.session)
+
+    # --- plumbing ------------------------------------------------------------------------------
+    @property
+    def api_calls(self) -> int:
+        return sum(self.calls.values())
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _before_call(self) -> None:
+        if self.usage is not None:
+            used, total = self.usage
+            if used >= total - int(total * QUOTA_RESERVE):
+                raise QuotaExhaustedError(f"daily API allocation nearly spent ({used} of {total} requests used)",
+                                          system=self.system, status=403, code="REQUEST_LIMIT_EXCEEDED",
+                                          resume_at=_resume_at())
+        self.budget.acquire()
+
+    def _observe(self, limit_info: str | None) -> None:
+        m = re.search(r"api-usage=(\d+)/(\d+)", limit_info or "")
+        if m:
+            self.usage = (int(m.group(1)), int(m.group(2)))
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """One SDK call with the shared retries; SDK and transport errors translated."""
+        def once() -> Any:
+            try:
+                return fn()
+            except ConnectorError:
+                raise
+            except SalesforceError as e:
+                raise self._translate(e, what) from None
+            except requests.exceptions.SSLError as e:
+                raise ConnectorError(f"{what}: TLS verification failed ({type(e).__name__})", system=self.system,
+                                     action="Check the instance URL and the CA bundle in the Salesforce "
+                                            "credentials (ca_bundle).") from e
+            except requests.Timeout as e:
+                raise TransientError(f"{what}: timed out", system=self.system) from e
+            except requests.ConnectionError as e:
+                raise TransientError(f"{what}: connection failed ({type(e).__name__})", system=self.system) from e
+            except ValueError as e:  # a truncated body is a transport fault in disguise
+                raise TransientError(f"{what}: unreadable JSON (truncated response)", system=self.system) from e
+
+        def on_retry(_: BaseException) -> None:
+            self.retries += 1
+
+        return with_retries(once, policy=self.policy, on_retry=on_retry)
+
+    def _translate(self, e: SalesforceError, what: str) -> ConnectorError:
+        first = e.content[0] if isinstance(e.content, list) and e.content and isinstance(e.content[0], dict) else {}
+        code = first.get("errorCode")
+        message = f"{what} failed"
+        if first.get("message") and code not in ("INVALID_SESSION_ID", "REQUEST_LIMIT_EXCEEDED"):
+            message += f": {_scrub(first['message'])[:200]}"
+        if code == "INVALID_SESSION_ID":
+            message += ": the session id was refused (expired or revoked)"
+        return error_for(int(e.status), message, system=self.system, code=code,
+                         resume_at=_resume_at() if code == "REQUEST_LIMIT_EXCEEDED" else None)
+
+    def check(self) -> None:
+        self._call("read limits", lambda: self.sf.limits())
+
+    # --- reading -------------------------------------------------------------------------------
+    def soql(self, stream: str, after: tuple[datetime, str] | None, since: datetime | None,
+             until: datetime | None) -> str:
+        """The read query: every field of ``stream`` after a compound ``(SystemModstamp, Id)`` mark,
+        or from ``since`` inclusive; values quoted by ``format_soql``, never concatenated."""
+        system = [f for f in SYSTEM_FIELDS if stream != "tasks" or f != "MasterRecordId"]  # Tasks never merge
+        fields = ", ".join(system + FIELDS[stream])
+        conditions: list[str] = []
+        if after is not None:
+            conditions.append(format_soql("(SystemModstamp > {ts} OR (SystemModstamp = {ts} AND Id > {id}))",
+                                          ts=after[0], id=after[1]))
+        elif since is not None:
+            conditions.append(format_soql("SystemModstamp >= {ts}", ts=since))
+        if until is not None:
+            conditions.append(format_soql("SystemModstamp < {ts}", ts=until))
+        where = " AND ".join(conditions) if conditions else ""
+        if stream == "tasks":
+            where = (where + TASK_FILTER) if where else TASK_FILTER.removeprefix(" AND ")
+        return f"SELECT {fields} FROM {SOBJECT[stream]}" + (f" WHERE {where}" if where else "") + \
+            " ORDER BY SystemModstamp, Id"
+
+    def read(self, stream: str, cursor: Cursor | None = None, *, until: datetime | None = None) -> Iterator[Page]:
+        spec = self.stream(stream)
+        cur = cursor or Cursor()
+        overlap = spec.overlap if self.overlap is None else self.overlap
+        after = since = None
+        if cur.modified_at is not None:
+            if overlap:
+                since = cur.read_from(overlap)
+            else:
+                after = (cur.modified_at, cur.last_id or "")
+        headers = {"Sforce-Query-Options": f"batchSize={self.query_batch}"}
+        body = self._call(f"query {stream}", lambda: self.sf.query(
+            self.soql(stream, after, since, until), include_deleted=True, headers=headers))
+        while True:
+            records = [self._record(stream, row) for row in body.get("records") or []]
+            cur = cur.advance(records)
+            if records:
+                yield Page(records, cur)
+            if body.get("done", True) or not body.get("nextRecordsUrl"):
+                return
+            try:
+                body = self._call(f"query more {stream}", lambda u=body["nextRecordsUrl"]: self.sf.query_more(
+                    u, identifier_is_url=True, headers=headers))
+            except ConnectorError as e:
+                if e.code != "INVALID_QUERY_LOCATOR" or cur.modified_at is None:
+                    raise
+                # The locator expired (15 minutes idle, or more than 10 open): restart exactly after
+                # the last row delivered.
+                mark = (cur.modified_at, cur.last_id or "")
+                body = self._call(f"query {stream}", lambda: self.sf.query(
+                    self.soql(stream, mark, None, until), include_deleted=True, headers=headers))
+
+    def _record(self, stream: str, row: dict[str, Any]) -> SourceRecord:
+        row = {k: v for k, v in row.items() if k != "attributes"}
+        master = row.get("MasterRecordId") if row.get("IsDeleted") else None
+        return SourceRecord(system=self.system, stream=stream, external_id=row["Id"],
+                            modified_at=_parse_dt(row["SystemModstamp"]), deleted=bool(row.get("IsDeleted")),
+                            merged_into=master or None, payload=row)
+
+    # --- writing -------------------------------------------------------------------------------
+    def write(self, stream: str, records: Sequence[OutboundRecord]) -> list[WriteOutcome]:
+        spec = self.stream(stream)
+        if not spec.write_batch:
+            raise NotImplementedError(f"salesforce stream {stream!r} is read-only")
+        sobject, ext = SOBJECT[stream], EXTERNAL_ID[stream]
+        outcomes: dict[int, WriteOutcome] = {}
+        updates: list[tuple[int, OutboundRecord, dict[str, Any]]] = []
+        upserts: list[tuple[int, OutboundRecord, dict[str, Any]]] = []
+        for i, r in enumerate(records):
+            fields = _fields(r)
+            if stream == "tasks":
+                fields[ext] = fields.get(ext) or r.key
+                fields.setdefault("Status", "Completed")  # omnisync logs activities that happened
+                if r.associations.get("contact"):
+                    fields["WhoId"] = r.associations["contact"]
+                upserts.append((i, r, fields))
+            elif r.external_id:
+                updates.append((i, r, {"Id": r.external_id, **fields}))
+            elif r.match.get(ext) or fields.get(ext):
+                fields[ext] = fields.get(ext) or r.match[ext]
+                upserts.append((i, r, fields))
+            else:
+                outcomes[i] = WriteOutcome(r.key, WriteStatus.failed, error=(
+                    f"salesforce/{stream} record {r.key}: no Id and no {ext} to upsert on; Salesforce contacts are "
+                    "linked by id, or created only by the golden id"))
+        try:
+            for part in chunks(updates, COLLECTION):
+                self._collection(stream, sobject, part, outcomes, lambda body: self.sf.restful(
+                    "composite/sobjects", method="PATCH", data=json.dumps(body)))
+            for part in chunks(upserts, COLLECTION):
+                self._collection(stream, sobject, part, outcomes, lambda body: self.sf.restful(
+                    f"composite/sobjects/{sobject}/{ext}", method="PATCH", data=json.dumps(body)))
+        except (QuotaExhaustedError, TransientError, AuthError) as e:
+            for i, r in enumerate(records):  # stop: whatever was not confirmed is retried next run
+                outcomes.setdefault(i, WriteOutcome(r.key, WriteStatus.failed, error=str(e), retryable=True))
+        return [outcomes.get(i) or WriteOutcome(r.key, WriteStatus.failed, retryable=True,
+                                                error=f"salesforce/{stream} record {r.key}: no result returned")
+                for i, r in enumerate(records)]
+
+    def _collection(self, stream: str, sobject: str, part: Sequence[tuple[int, OutboundRecord, dict[str, Any]]],
+                    outcomes: dict[int, WriteOutcome], send: Callable[[dict[str, Any]], Any]) -> None:
+        body = {"allOrNone": False,
+                "records": [{"attributes": {"type": sobject}, **fields} for _, _, fields in part]}
+        try:
+            results = self._call(f"write {stream}", lambda: send(body)) or []
+        except (QuotaExhaustedError, TransientError, AuthError):
+            raise
+        except ConnectorError as e:  # the whole call was refused: every record says why
+            for i, r, _ in part:
+                outcomes[i] = WriteOutcome(r.key, WriteStatus.failed, error=f"salesforce/{stream} record {r.key}: {e}")
+            return
+        # Collections answer one result per input, in input order.
+        for (i, r, _), res in zip(part, results):
+            if res.get("success"):
+                status = WriteStatus.created if res.get("created") else WriteStatus.updated
+                outcomes[i] = WriteOutcome(r.key, status, external_id=res.get("id"))
+            else:
+                errs = res.get("errors") or [{}]
+                outcomes[i] = WriteOutcome(r.key, WriteStatus.failed, external_id=r.external_id,
+                                           error=_record_error(stream, r.key, errs[0]),
+                                           retryable=errs[0].get("statusCode") in RETRYABLE_CODES)
+
+    # --- erasure -------------------------------------------------------------------------------
+    def erase(self, stream: str, ids: Sequence[str]) -> list[WriteOutcome]:
+        """Delete a person's records (Collections DELETE, 200 ids a call).
+
+        Salesforce keeps deleted rows in the recycle bin for 15 days before purging them; the REST
+        API offers no hard delete (Bulk API ``hardDelete`` needs a permission few integrations hold),
+        so the outcome says so and the erasure audit can name it. Deleting a contact deletes its
+        activities. An id Salesforce reports as already deleted counts as erased.
+        """
+        self.stream(stream)
+        out: list[WriteOutcome] = []
+        for part in chunks(list(ids), COLLECTION):
+            try:
+                results = self._call(f"delete {stream}", lambda p=part: self.sf.restful(
+                    "composite/sobjects", method="DELETE", params={"ids": ",".join(p), "allOrNone": "false"})) or []
+            except (QuotaExhaustedError, AuthError):
+                raise
+            except ConnectorError as e:
+                out += [WriteOutcome(str(i), WriteStatus.failed, external_id=str(i), retryable=e.retryable,
+                                     error=f"salesforce/{stream} record {i}: {e}") for i in part]
+                continue
+            for rid, res in zip(part, results):
+                code = ((res.get("errors") or [{}])[0]).get("statusCode")
+                if res.get("success"):
+                    out.append(WriteOutcome(rid, WriteStatus.deleted, external_id=rid, error=(
+                        "in the recycle bin until Salesforce purges it (15 days)")))
+                elif code in ("ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY"):
+                    out.append(WriteOutcome(rid, WriteStatus.unchanged, external_id=rid))
+                else:
+                    out.append(WriteOutcome(rid, WriteStatus.failed, external_id=rid,
+                                            error=_record_error(stream, rid, (res.get("errors") or [{}])[0])))
+        return out
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+def _fields(r: OutboundRecord) -> dict[str, Any]:
+    return {k: v for k, v in r.payload.items() if k not in ("attributes", "Id")}
+
+
+def _parse_dt(value: str) -> datetime:
+    s = value.replace("Z", "+00:00")
+    if re.search(r"[+-]\d{4}$", s):
+        s = s[:-2] + ":" + s[-2:]
+    dt = datetime.fromisoformat(s)
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _endpoint(url: str) -> str:
+    path = url.split("://", 1)[-1].split("/", 1)[-1].split("?")[0]
+    parts = []
+    for p in path.split("/"):
+        if re.fullmatch(r"[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?", p) and any(c.isdigit() for c in p):
+            p = "{id}"
+        elif re.fullmatch(r"01g\w+-\d+", p):
+            p = "{locator}"
+        parts.append(p)
+    return "/" + "/".join(parts)
+
+
+def _record_error(stream: str, key: str, err: dict[str, Any]) -> str:
+    code = err.get("statusCode") or "error"
+    fields = ", ".join(err.get("fields") or [])
+    where = f" field {fields}" if fields else ""
+    hint = HINTS.get(code, "fix the mapping or the golden value for the field named")
+    return f"salesforce/{stream} record {key}:{where} rejected ({code}): {_scrub(err.get('message', ''))[:160]}; {hint}"
+
+
+def _scrub(text: Any) -> str:
+    """Salesforce messages echo rejected values (addresses included): mask them."""
+    text = re.sub(r"(invalid email address:).*", r"\1 ***", str(text))
+    return re.sub(r"\S*@\S*", "***", mask_text(text))
+
+
+def _resume_at() -> datetime:
+    """The allocation is a rolling 24-hour window: capacity frees up as the oldest calls age out."""
+    return datetime.now(timezone.utc) + timedelta(hours=1)

@@ -1,0 +1,1211 @@
+"""Salesforce REST sandbox (served over TLS: simple-salesforce only speaks https).
+
+Objects Contact, Lead and Task (calls and emails logged as activities), seeded lazily from
+:mod:`sandbox.population`: only an index of ``(SystemModstamp, Id)`` pairs is kept per object and
+a record is computed from its index until something writes it. Person 0, Amara Okafor, is a
+Contact with her work email and a formatted mobile number, and has two call Tasks.
+
+Vendor behaviour reproduced on purpose (specs/README.md, "Salesforce"):
+
+* ``GET /services/data/vXX.X/query/?q=`` and ``queryAll/`` (deleted rows too, ``IsDeleted`` true,
+  merge losers with ``MasterRecordId``) over a real parser of the SOQL subset omnisync uses:
+  ``SELECT`` fields ``FROM`` object, ``WHERE`` comparisons (``= != < <= > >=``, ``IN``) on datetime,
+  Id, text, boolean and number fields joined by ``AND``/``OR``/``NOT`` with parentheses (mixing
+  ``AND`` and ``OR`` unparenthesized is refused, as Salesforce does), ``ORDER BY``, ``LIMIT``.
+  Anything else is answered ``MALFORMED_QUERY`` / ``INVALID_FIELD`` / ``INVALID_TYPE``.
+* Results in batches of 2,000 (``Sforce-Query-Options: batchSize=200..2000`` lowers it) with a
+  ``nextRecordsUrl`` query locator; at most 10 open locators per session (the oldest is dropped)
+  and expired locators answer ``INVALID_QUERY_LOCATOR``.
+* sObject Collections: create (``POST``), update (``PATCH``), upsert on an external-id field
+  (``PATCH /composite/sobjects/{SObject}/{Field}``) and delete, at most 200 records a call, per-record
+  results ``{"id","success","errors","created"}``, ``allOrNone`` honoured.
+* ``GET /sobjects/{SObject}/deleted/?start=&end=`` (at most 15 days back), ``GET /limits/``.
+* ``Sforce-Limit-Info: api-usage=used/total`` on every response; 403 ``REQUEST_LIMIT_EXCEEDED`` once
+  the daily allocation is spent; 401 ``INVALID_SESSION_ID``; errors as ``[{"message","errorCode"}]``.
+* Datetimes as ``2026-11-01T10:00:00.000+0000`` with second precision, so many records share one
+  ``SystemModstamp``.
+
+Sandbox-only routes: ``PATCH/DELETE /_sandbox/sobjects/{SObject}/{id}`` (a user edits or deletes),
+``POST /_sandbox/merge`` (a user merges contacts), ``POST /_sandbox/limits`` (daily allocation),
+``POST /_sandbox/locators/expire`` and ``GET /_sandbox/export``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import json
+import random
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from sandbox.framework import Sandbox
+from sandbox.population import JUNK_EMAILS, JUNK_PHONES, contact_person, modstamp, person, phone_variant, typo
+
+SESSION_ID = "00Dsandbox!sandbox-session-id"
+API_VERSION = "59.0"
+BATCH_DEFAULT = 2000
+BATCH_MIN = 200
+COLLECTION_MAX = 200
+MAX_LOCATORS = 10
+DAILY_LIMIT = 100_000
+GET_DELETED_DAYS = 15
+USER_IDS = [f"005Dn00000{n:05d}" for n in range(11, 23)]
+
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$")
+
+# Field kinds: id, ref, str, email, bool, date, datetime, int. Read-only fields are listed apart.
+SCHEMA: dict[str, dict[str, str]] = {
+    "Contact": {"Id": "id", "FirstName": "str", "LastName": "str", "Email": "email", "Phone": "str",
+                "MobilePhone": "str", "Title": "str", "Birthdate": "date", "MailingStreet": "str",
+                "MailingCity": "str", "MailingState": "str", "MailingPostalCode": "str", "MailingCountry": "str",
+                "LeadSource": "str", "HasOptedOutOfEmail": "bool", "DoNotCall": "bool",
+                "Omnisync_Golden_Id__c": "str", "MasterRecordId": "ref", "IsDeleted": "bool",
+                "CreatedDate": "datetime", "LastModifiedDate": "datetime", "SystemModstamp": "datetime"},
+    "Lead": {"Id": "id", "FirstName": "str", "LastName": "str", "Email": "email", "Phone": "str",
+             "MobilePhone": "str", "Company": "str", "Title": "str", "Street": "str", "City": "str", "State": "str",
+             "PostalCode": "str", "Country": "str", "Status": "str", "LeadSource": "str",
+             "HasOptedOutOfEmail": "bool", "DoNotCall": "bool", "IsConverted": "bool", "ConvertedContactId": "ref",
+             "Omnisync_Golden_Id__c": "str", "MasterRecordId": "ref", "IsDeleted": "bool",
+             "CreatedDate": "datetime", "LastModifiedDate": "datetime", "SystemModstamp": "datetime"},
+    "Task": {"Id": "id", "WhoId": "ref", "OwnerId": "ref", "Subject": "str", "Description": "str",
+             "TaskSubtype": "str", "CallType": "str", "CallDurationInSeconds": "int", "CallDisposition": "str",
+             "ActivityDate": "date", "Status": "str", "Priority": "str", "Omnisync_Interaction_Id__c": "str",
+             "IsDeleted": "bool", "CreatedDate": "datetime", "LastModifiedDate": "datetime",
+             "SystemModstamp": "datetime"},
+}
+READ_ONLY = {"Id", "MasterRecordId", "IsDeleted", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsConverted",
+             "ConvertedContactId"}
+REQUIRED = {"Contact": ("LastName",), "Lead": ("LastName", "Company"), "Task": ()}
+PICKLISTS = {("Task", "TaskSubtype"): ("Call", "Email", "Task"), ("Task", "CallType"): ("Inbound", "Outbound", "Internal"),
+             ("Task", "Status"): ("Not Started", "In Progress", "Completed"),
+             ("Task", "Priority"): ("High", "Normal", "Low"),
+             ("Lead", "Status"): ("Open - Not Contacted", "Working - Contacted", "Closed - Converted",
+                                  "Closed - Not Converted")}
+EXTERNAL_IDS = {"Contact": ("Omnisync_Golden_Id__c",), "Lead": ("Omnisync_Golden_Id__c",),
+                "Task": ("Omnisync_Interaction_Id__c",)}
+PREFIX = {"Contact": "003", "Lead": "00Q", "Task": "00T"}
+SALT = {"Contact": 11, "Lead": 23, "Task": 37}
+DISPOSITIONS = ("Connected", "Left voicemail", "No answer", "Busy")
+TOPICS = ("a refund", "a late delivery", "upgrading the plan", "a billing question", "a password reset",
+          "a damaged item", "changing the address")
+TITLES = ("Office Manager", "Engineer", "Buyer", "Director of Operations", "Analyst", "Nurse", "Teacher", "CFO")
+LEAD_SOURCES = ("Web", "Phone Inquiry", "Partner Referral", "Trade Show", "Webinar")
+
+
+# --- ids and formats -----------------------------------------------------------------------------
+
+def sf_id(sobject: str, num: int) -> str:
+    """An 18-character Salesforce id: key prefix, pod, base-62 number, case-safe checksum.
+
+    Fixed width, so string order is number order (as Salesforce's own Id ordering)."""
+    digits = ""
+    n = num
+    for _ in range(9):
+        n, r = divmod(n, 62)
+        digits = _B62[r] + digits
+    body = PREFIX[sobject] + "Dn0" + digits
+    suffix = ""
+    for k in range(3):
+        bits = sum(1 << i for i, c in enumerate(body[k * 5:k * 5 + 5]) if c.isupper())
+        suffix += "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"[bits]
+    return body + suffix
+
+
+def parse_id(value: str) -> tuple[str, int] | None:
+    """(sObject, number) of a 15- or 18-character id this org issued; None otherwise."""
+    s = str(value)
+    if len(s) not in (15, 18) or s[3:6] != "Dn0":
+        return None
+    sobject = next((o for o, p in PREFIX.items() if p == s[:3]), None)
+    if sobject is None or any(c not in _B62 for c in s[6:15]):
+        return None
+    num = 0
+    for c in s[6:15]:
+        num = num * 62 + _B62.index(c)
+    return sobject, num
+
+
+def sf_datetime(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + ".000+0000"
+
+
+def _now_s() -> int:
+    return int(time.time())
+
+
+@dataclass
+class Rec:
+    num: int
+    fields: dict[str, Any]  # everything but Id / IsDeleted / SystemModstamp / LastModifiedDate
+    ts: int  # SystemModstamp in ms (whole seconds)
+    created: int
+    deleted: bool = False
+
+
+class ApiError(Exception):
+    """An error answered in Salesforce's shape: a JSON array of ``{"message","errorCode"}``."""
+
+    def __init__(self, status: int, code: str, message: str, fields: list[str] | None = None):
+        self.status, self.code, self.message, self.fields = status, code, message, fields
+        super().__init__(message)
+
+    def body(self) -> list[dict[str, Any]]:
+        out: dict[str, Any] = {"message": self.message, "errorCode": self.code}
+        if self.fields is not None:
+            out["fields"] = self.fields
+        return [out]
+
+
+class Table:
+    """One sObject: seeded records computed on demand from an index sorted by (SystemModstamp, number);
+    written ones kept in ``over`` with their own sorted index."""
+
+    def __init__(self, sobject: str, n: int, make: Callable[[int], Rec]):
+        self.sobject = sobject
+        self.n = n
+        self.make = make
+        self.base: list[tuple[int, int]] = []
+        self.over: dict[int, Rec] = {}
+        self.delta: list[tuple[int, int]] = []
+        self.next_num = n + 1
+        self.ext: dict[str, dict[str, int]] = {}
+
+    def seeded(self, num: int) -> bool:
+        return 1 <= num <= self.n
+
+    def get(self, num: int) -> Rec | None:
+        rec = self.over.get(num)
+        if rec is None and self.seeded(num):
+            rec = self.make(num - 1)
+        return rec
+
+    def put(self, rec: Rec) -> None:
+        old = self.over.get(rec.num)
+        if old is not None:
+            k = bisect.bisect_left(self.delta, (old.ts, old.num))
+            if k < len(self.delta) and self.delta[k] == (old.ts, old.num):
+                del self.delta[k]
+        else:
+            old = self.get(rec.num)
+        for fname, idx in self.ext.items():
+            if old is not None and old.fields.get(fname) and idx.get(old.fields[fname]) == rec.num:
+                del idx[old.fields[fname]]
+            if not rec.deleted and rec.fields.get(fname):
+                idx[rec.fields[fname]] = rec.num
+        self.over[rec.num] = rec
+        bisect.insort(self.delta, (rec.ts, rec.num))
+
+    def by_ts(self, lo: int | None) -> Iterator[tuple[int, int]]:
+        """(SystemModstamp, number) of every record, live or deleted, ascending from ``lo``."""
+        start = 0 if lo is None else bisect.bisect_left(self.base, (lo, -1))
+        base = (e for e in itertools_slice(self.base, start) if e[1] not in self.over)
+        dstart = 0 if lo is None else bisect.bisect_left(self.delta, (lo, -1))
+        return heapq.merge(base, itertools_slice(self.delta, dstart))
+
+    def external_index(self, fname: str) -> dict[str, int]:
+        idx = self.ext.get(fname)
+        if idx is None:
+            idx = {}
+            for _, num in self.by_ts(None):
+                rec = self.get(num)
+                if rec is not None and not rec.deleted and rec.fields.get(fname):
+                    idx[rec.fields[fname]] = num
+            self.ext[fname] = idx
+        return idx
+
+
+def itertools_slice(seq: list, start: int) -> Iterator:
+    for k in range(start, len(seq)):
+        yield seq[k]
+
+
+# --- SOQL ------------------------------------------------------------------------------------------
+
+class SoqlError(ApiError):
+    def __init__(self, message: str, code: str = "MALFORMED_QUERY"):
+        super().__init__(400, code, message)
+
+
+_TOKEN = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,3})?(?:Z|[+-]\d{2}:?\d{2}))
+  | (?P<date>\d{4}-\d{2}-\d{2})
+  | (?P<number>-?\d+(?:\.\d+)?)
+  | (?P<string>'(?:[^'\\]|\\.)*')
+  | (?P<op><=|>=|!=|<>|=|<|>)
+  | (?P<punct>[(),])
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
+""", re.VERBOSE)
+_KEYWORDS = {"SELECT", "FROM", "WHERE", "AND", "OR", "NOT", "ORDER", "BY", "ASC", "DESC", "LIMIT", "IN", "NULLS",
+             "FIRST", "LAST", "TRUE", "FALSE", "NULL"}
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", "'": "'", '"': '"', "\\": "\\"}
+
+
+@dataclass
+class Tok:
+    kind: str
+    text: str
+    col: int
+
+
+def tokenize(q: str) -> list[Tok]:
+    out: list[Tok] = []
+    pos = 0
+    while pos < len(q):
+        m = _TOKEN.match(q, pos)
+        if m is None:
+            raise SoqlError(f"line 1:{pos} no viable alternative at character '{q[pos]}'")
+        kind = m.lastgroup or ""
+        if kind != "ws":
+            text = m.group()
+            if kind == "ident" and text.upper() in _KEYWORDS:
+                kind, text = "kw", text.upper()
+            out.append(Tok(kind, text, pos + 1))
+        pos = m.end()
+    out.append(Tok("eof", "<EOF>", len(q) + 1))
+    return out
+
+
+@dataclass
+class Query:
+    fields: list[str]
+    sobject: str
+    where: Any  # nested tuples: ("and"|"or", [..]) | ("not", x) | ("cmp", field, op, value) | ("in", field, values)
+    order: list[tuple[str, bool]]  # (field, descending)
+    limit: int | None
+
+
+class _Parser:
+    def __init__(self, q: str):
+        self.toks = tokenize(q)
+        self.i = 0
+
+    def peek(self) -> Tok:
+        return self.toks[self.i]
+
+    def take(self) -> Tok:
+        t = self.toks[self.i]
+        self.i += 1
+        return t
+
+    def unexpected(self, t: Tok) -> SoqlError:
+        return SoqlError(f"ERROR at Row:1:Column:{t.col}\nunexpected token: {t.text}")
+
+    def expect(self, kind: str, text: str | None = None) -> Tok:
+        t = self.take()
+        if t.kind != kind or (text is not None and t.text != text):
+            raise self.unexpected(t)
+        return t
+
+    def parse(self) -> Query:
+        self.expect("kw", "SELECT")
+        fields = [self.expect("ident").text]
+        while self.peek().text == ",":
+            self.take()
+            fields.append(self.expect("ident").text)
+        self.expect("kw", "FROM")
+        sobject = self.expect("ident").text
+        where = order_by = limit = None
+        if self.peek().text == "WHERE":
+            self.take()
+            where = self.expr()
+        order: list[tuple[str, bool]] = []
+        if self.peek().text == "ORDER":
+            self.take()
+            self.expect("kw", "BY")
+            while True:
+                f = self.expect("ident").text
+                desc = False
+                if self.peek().text in ("ASC", "DESC"):
+                    desc = self.take().text == "DESC"
+                order.append((f, desc))
+                if self.peek().text != ",":
+                    break
+                self.take()
+            order_by = order
+        if self.peek().text == "LIMIT":
+            self.take()
+            t = self.expect("number")
+            if not t.text.isdigit():
+                raise self.unexpected(t)
+            limit = int(t.text)
+        if self.peek().kind != "eof":
+            raise self.unexpected(self.peek())
+        return Query(fields, sobject, where, order_by or [], limit)
+
+    def expr(self) -> Any:
+        parts = [self.factor()]
+        joiner: str | None = None
+        while self.peek().text in ("AND", "OR"):
+            t = self.take()
+            if joiner is not None and t.text != joiner:
+                # Salesforce needs parentheses to mix AND and OR at one level.
+                raise self.unexpected(t)
+            joiner = t.text
+            parts.append(self.factor())
+        return parts[0] if joiner is None else (joiner.lower(), parts)
+
+    def factor(self) -> Any:
+        t = self.peek()
+        if t.text == "NOT":
+            self.take()
+            return ("not", self.factor())
+        if t.text == "(":
+            self.take()
+            inner = self.expr()
+            self.expect("punct", ")")
+            return inner
+        field = self.expect("ident").text
+        t = self.take()
+        if t.text == "IN" or (t.text == "NOT" and self.peek().text == "IN"):
+            negate = t.text == "NOT"
+            if negate:
+                self.take()
+            self.expect("punct", "(")
+            values = [self.literal()]
+            while self.peek().text == ",":
+                self.take()
+                values.append(self.literal())
+            self.expect("punct", ")")
+            node = ("in", field, values)
+            return ("not", node) if negate else node
+        if t.kind != "op":
+            raise self.unexpected(t)
+        return ("cmp", field, "!=" if t.text == "<>" else t.text, self.literal())
+
+    def literal(self) -> tuple[str, Any]:
+        t = self.take()
+        if t.kind == "string":
+            body = t.text[1:-1]
+            return "string", re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), body)
+        if t.kind == "datetime":
+            s = t.text.replace("Z", "+00:00")
+            if re.search(r"[+-]\d{4}$", s):
+                s = s[:-2] + ":" + s[-2:]
+            return "datetime", int(datetime.fromisoformat(s).timestamp() * 1000)
+        if t.kind == "date":
+            return "date", t.text
+        if t.kind == "number":
+            return "number", float(t.text)
+        if t.text in ("TRUE", "FALSE"):
+            return "bool", t.text == "TRUE"
+        if t.text == "NULL":
+            return "null", None
+        raise self.unexpected(t)
+
+
+def parse_soql(q: str) -> Query:
+    """Parse the supported SOQL subset; :class:`SoqlError` (MALFORMED_QUERY) for anything else."""
+    return _Parser(q).parse()
+
+
+def _check_fields(query: Query) -> None:
+    schema = SCHEMA.get(query.sobject)
+    if schema is None:
+        raise SoqlError(f"\n{query.sobject}\n^\nERROR at Row:1:Column:1\nsObject type '{query.sobject}' is not "
+                        "supported. If you are attempting to use a custom object, be sure to append the '__c' after "
+                        "the entity name.", code="INVALID_TYPE")
+
+    def known(f: str) -> None:
+        if f not in schema:
+            raise SoqlError(f"\nERROR at Row:1:Column:1\nNo such column '{f}' on entity '{query.sobject}'. If you "
+                            "are attempting to use a custom field, be sure to append the '__c' after the custom "
+                            "field name.", code="INVALID_FIELD")
+
+    for f in query.fields:
+        known(f)
+    for f, _ in query.order:
+        known(f)
+
+    def walk(node: Any) -> None:
+        if node is None:
+            return
+        if node[0] in ("and", "or"):
+            for n in node[1]:
+                walk(n)
+        elif node[0] == "not":
+            walk(node[1])
+        else:
+            known(node[1])
+            kind = schema[node[1]]
+            lits = node[3:4] if node[0] == "cmp" else node[2]
+            for lk, _ in lits:
+                if lk == "null":
+                    continue
+                ok = {"datetime": ("datetime",), "date": ("date",), "bool": ("bool",), "int": ("number",)}.get(
+                    kind, ("string",))
+                if lk not in ok:
+                    raise SoqlError(f"value of filter criterion for field '{node[1]}' must be of type {kind} and "
+                                    "should not be enclosed in quotes" if lk == "string" else
+                                    f"value of filter criterion for field '{node[1]}' must be of type {kind}",
+                                    code="INVALID_QUERY_FILTER_OPERATOR")
+
+    walk(query.where)
+
+
+def lower_bound(node: Any) -> int | None:
+    """The smallest SystemModstamp (ms) any row matching ``node`` can have; None = unbounded."""
+    if node is None:
+        return None
+    if node[0] == "cmp":
+        _, f, op, (lk, v) = node
+        return v if f == "SystemModstamp" and lk == "datetime" and op in (">", ">=", "=") else None
+    if node[0] == "and":
+        bounds = [b for b in (lower_bound(n) for n in node[1]) if b is not None]
+        return max(bounds) if bounds else None
+    if node[0] == "or":
+        bounds = [lower_bound(n) for n in node[1]]
+        return None if any(b is None for b in bounds) else min(bounds)
+    return None
+
+
+def _compare(value: Any, op: str, lit: Any) -> bool:
+    if op == "=":
+        return value == lit
+    if op == "!=":
+        return value != lit
+    if value is None or lit is None:
+        return False
+    return {"<": value < lit, "<=": value <= lit, ">": value > lit, ">=": value >= lit}[op]
+
+
+def evaluate(node: Any, row: dict[str, Any]) -> bool:
+    """Does ``row`` (field -> comparable value) satisfy ``node``?"""
+    if node is None:
+        return True
+    kind = node[0]
+    if kind == "and":
+        return all(evaluate(n, row) for n in node[1])
+    if kind == "or":
+        return any(evaluate(n, row) for n in node[1])
+    if kind == "not":
+        return not evaluate(node[1], row)
+    if kind == "in":
+        return row.get(node[1]) in {_norm_lit(node[1], lit) for lit in node[2]}
+    _, f, op, lit = node
+    return _compare(row.get(f), op, _norm_lit(f, lit))
+
+
+def _norm_lit(field: str, lit: tuple[str, Any]) -> Any:
+    lk, v = lit
+    if lk == "string" and field in ("Id", "WhoId", "OwnerId", "MasterRecordId", "ConvertedContactId"):
+        return v[:15]  # 15- and 18-character ids name the same record
+    return v
+
+
+# --- the sandbox -----------------------------------------------------------------------------------
+
+@dataclass
+class Locator:
+    sobject: str
+    fields: list[str]
+    nums: list[int]
+    pos: int
+    batch: int
+    all_rows: bool
+    expires: float
+
+
+class SalesforceSandbox(Sandbox):
+    name = "salesforce"
+    tls = True
+
+    def __init__(self, *, size: int = 100, seed: int = 1):
+        self.daily_limit = DAILY_LIMIT
+        self.locator_ttl_s = 15 * 60.0
+        super().__init__(size=size, seed=seed)
+
+    # --- framework hooks ------------------------------------------------------------------------
+    def credentials(self) -> dict[str, Any]:
+        return {"session_id": SESSION_ID, "api_version": API_VERSION}
+
+    def authorized(self, request: Request) -> bool:
+        return request.headers.get("authorization", "") in (f"Bearer {SESSION_ID}", f"OAuth {SESSION_ID}")
+
+    def unauthorized(self) -> Response:
+        return _json(ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid").body(), 401)
+
+    def rate_limited(self) -> Response:
+        # Salesforce has no 429: a burst beyond the concurrent-request limit is refused as unavailable.
+        return _json(ApiError(503, "SERVER_UNAVAILABLE", "Too many concurrent requests; try again later").body(), 503)
+
+    def server_error(self) -> Response:
+        return _json(ApiError(500, "UNKNOWN_EXCEPTION", "An unexpected error occurred. Please include this ErrorId "
+                                                        "if you contact support: 1930502211-57201 (-1234567)").body(), 500)
+
+    def quota_exhausted(self) -> Response:
+        total = self._total()
+        return _json(ApiError(403, "REQUEST_LIMIT_EXCEEDED",
+                              f"TotalRequests Limit exceeded. Daily API request limit of {total} reached.").body(), 403)
+
+    def response_headers(self) -> dict[str, str]:
+        return {"Sforce-Limit-Info": f"api-usage={min(self.calls_used, self._total())}/{self._total()}"}
+
+    def _total(self) -> int:
+        return self.faults.daily_quota if self.faults.daily_quota is not None else self.daily_limit
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, t in self.tables.items():
+            live = deleted = merged = 0
+            for _, num in t.by_ts(None):
+                rec = t.get(num)
+                if rec.deleted:
+                    deleted += 1
+                    merged += bool(rec.fields.get("MasterRecordId"))
+                else:
+                    live += 1
+            out[name] = {"live": live, "deleted": deleted - merged, "merged": merged}
+        out["calls_used"] = self.calls_used
+        return out
+
+    # --- seeding --------------------------------------------------------------------------------
+    def seed(self) -> None:
+        n, s = self.size, self.seed_value
+        self.locators: OrderedDict[str, Locator] = OrderedDict()
+        self.locator_seq = 0
+        self._who_cache: dict[int, tuple[int, int]] = {}
+        self.junk_at = {n * k // 5 + 3: JUNK_EMAILS[k - 1] for k in range(1, 5)} if n >= 50 else {}
+        self.tables: dict[str, Table] = {}
+        self.tasks_n = max(3, int(n * 0.4))
+        self.leads_n = max(1, n // 5)
+        for sobject, count, make in (("Contact", n, self._make_contact), ("Lead", self.leads_n, self._make_lead),
+                                     ("Task", self.tasks_n, self._make_task)):
+            t = Table(sobject, count, make)
+            t.base = sorted((self._stamp(sobject, i), i + 1) for i in range(count))
+            self.tables[sobject] = t
+        top = max(t.base[-1][0] for t in self.tables.values() if t.base)
+        # Seeded data runs a few days ahead of the wall clock: so must the org's clock, so that a change
+        # made now is later than every seeded one.
+        self.clock_offset = max(0, top // 1000 + 60 - _now_s())
+
+    def now_ms(self) -> int:
+        return (_now_s() + self.clock_offset) * 1000
+
+    def _rng(self, sobject: str, i: int, salt: int = 0) -> random.Random:
+        return random.Random((self.seed_value * 1_000_003 + i) * 41 + SALT[sobject] * 101 + salt)
+
+    def _stamp(self, sobject: str, i: int) -> int:
+        if sobject == "Task":
+            c = self._task_contact(i)
+            if c is not None and self._contact_state(c) == "deleted":
+                # Deleting a contact deletes its activities with it.
+                return max(self._stamp("Contact", c), int(modstamp(i, self.seed_value, 300).timestamp()) * 1000)
+        return int(modstamp(i, self.seed_value, SALT[sobject] + 300).timestamp()) * 1000
+
+    def _who(self, i: int) -> tuple[int, int]:
+        hit = self._who_cache.get(i)
+        if hit is None:
+            hit = contact_person("salesforce", i, self.size, self.seed_value)
+            if len(self._who_cache) < 200_000:
+                self._who_cache[i] = hit
+        return hit
+
+    def _original(self, i: int) -> int:
+        pid, copy = self._who(i)
+        while copy and i > 0:
+            i -= 1
+            p, copy = self._who(i)
+            if p != pid:
+                return i + 1
+        return i
+
+    def _contact_state(self, i: int) -> str:
+        if i == 0:
+            return "live"
+        r = self._rng("Contact", i, 1).random()
+        if self._who(i)[1]:
+            orig = self._original(i)
+            if r < 0.25 and orig != i and self._contact_state(orig) == "live":
+                return "merged"
+            return "live"
+        return "deleted" if r < 0.01 else "live"
+
+    def _make_contact(self, i: int) -> Rec:
+        pid, copy = self._who(i)
+        p = person(pid, self.seed_value)
+        r = self._rng("Contact", i, 2)
+        state = self._contact_state(i)
+        created = int(p.created_at.timestamp()) * 1000 + (r.randrange(1, 86400 * 30) * 1000 if copy else 0)
+        if i == 0:
+            f: dict[str, Any] = {
+                "FirstName": "Amara", "LastName": "Okafor", "Email": p.work_email, "MobilePhone": "+1 415-555-0142",
+                "Phone": "(415) 555-0100", "Title": "Office Manager", "Birthdate": p.birth_date.isoformat(),
+                "MailingStreet": p.street, "MailingCity": p.city, "MailingState": p.state,
+                "MailingPostalCode": p.postcode, "MailingCountry": "United States", "LeadSource": "Webinar",
+                "HasOptedOutOfEmail": False, "DoNotCall": False}
+        else:
+            first, last = p.first, p.last
+            if copy and r.random() < 0.5:
+                first = typo(first, r) if r.random() < 0.5 else first
+                last = typo(last, r) if r.random() < 0.5 else last
+            e = r.random()
+            email = p.work_email if e < 0.7 else (p.personal_email if e < 0.9 else None)
+            if copy and r.random() < 0.5:
+                email = None
+            email = self.junk_at.get(i, email)
+            mobile = phone_variant(p.mobile, r) if r.random() < 0.7 else None
+            if r.random() < 0.005:
+                mobile = r.choice(JUNK_PHONES)
+            f = {"FirstName": first, "LastName": last, "Email": email, "MobilePhone": mobile,
+                 "Phone": phone_variant(p.switchboard, r) if r.random() < 0.5 else None,
+                 "Title": r.choice(TITLES) if r.random() < 0.6 else None,
+                 "Birthdate": p.birth_date.isoformat() if r.random() < 0.2 else None,
+                 "MailingStreet": p.street if r.random() < 0.6 else None,
+                 "MailingCity": p.city if r.random() < 0.8 else None,
+                 "MailingState": p.state if r.random() < 0.8 else None,
+                 "MailingPostalCode": p.postcode if r.random() < 0.7 else None,
+                 "MailingCountry": r.choice(("US", "United States", "USA", None)),
+                 "LeadSource": r.choice(LEAD_SOURCES) if r.random() < 0.5 else None,
+                 "HasOptedOutOfEmail": r.random() < 0.04, "DoNotCall": r.random() < 0.02}
+        f.update({"Omnisync_Golden_Id__c": None, "CreatedDate": created,
+                  "MasterRecordId": sf_id("Contact", self._original(i) + 1) if state == "merged" else None})
+        return Rec(i + 1, f, self._stamp("Contact", i), created, deleted=state != "live")
+
+    def _make_lead(self, k: int) -> Rec:
+        # Leads are prospects Salesforce holds as no contact: the people only HubSpot also knows.
+        pid = self.size + 7 + 10 * k
+        p = person(pid, self.seed_value)
+        r = self._rng("Lead", k, 2)
+        created = int(p.created_at.timestamp()) * 1000
+        f = {"FirstName": p.first, "LastName": p.last, "Email": p.personal_email if r.random() < 0.85 else None,
+             "Phone": None, "MobilePhone": phone_variant(p.mobile, r) if r.random() < 0.6 else None,
+             "Company": p.company if r.random() < 0.7 else "[not provided]", "Title": None,
+             "Street": None, "City": p.city if r.random() < 0.5 else None, "State": p.state, "PostalCode": None,
+             "Country": "US", "Status": r.choice(PICKLISTS[("Lead", "Status")][:2]),
+             "LeadSource": r.choice(LEAD_SOURCES), "HasOptedOutOfEmail": r.random() < 0.05, "DoNotCall": False,
+             "IsConverted": False, "ConvertedContactId": None, "Omnisync_Golden_Id__c": None, "MasterRecordId": None,
+             "CreatedDate": created}
+        return Rec(k + 1, f, self._stamp("Lead", k), created, deleted=r.random() < 0.01)
+
+    def _task_contact(self, k: int) -> int | None:
+        if k < 2:
+            return 0
+        return self._rng("Task", k, 3).randrange(self.size)
+
+    def _make_task(self, k: int) -> Rec:
+        r = self._rng("Task", k, 4)
+        ci = self._task_contact(k)
+        ts = self._stamp("Task", k)
+        state = self._contact_state(ci)
+        who = self._original(ci) if state == "merged" else ci  # a merge re-parents the loser's activities
+        topic = r.choice(TOPICS)
+        if k == 0:
+            when = int(datetime(2026, 10, 28, 16, 5, tzinfo=timezone.utc).timestamp()) * 1000
+            f: dict[str, Any] = {"Subject": "Call: onboarding check-in", "TaskSubtype": "Call", "CallType": "Outbound",
+                                 "CallDurationInSeconds": 540, "CallDisposition": "Connected",
+                                 "Description": "Walked Amara through the new billing portal; she asked about "
+                                                "refunds for damaged items."}
+        elif k == 1:
+            when = int(datetime(2026, 11, 4, 9, 30, tzinfo=timezone.utc).timestamp()) * 1000
+            f = {"Subject": "Call: refund follow-up", "TaskSubtype": "Call", "CallType": "Outbound",
+                 "CallDurationInSeconds": 0, "CallDisposition": "Left voicemail",
+                 "Description": "Left a voicemail confirming the refund for order 88412."}
+        else:
+            when = ts - r.randrange(0, 3600) * 1000
+            kind = r.random()
+            if kind < 0.55:
+                disp = r.choice(DISPOSITIONS)
+                f = {"Subject": f"Call about {topic}", "TaskSubtype": "Call",
+                     "CallType": "Inbound" if r.random() < 0.6 else "Outbound",
+                     "CallDurationInSeconds": r.randrange(30, 1800) if disp == "Connected" else 0,
+                     "CallDisposition": disp, "Description": f"Customer called about {topic}."}
+            elif kind < 0.9:
+                f = {"Subject": f"Email: Re: {topic}", "TaskSubtype": "Email", "CallType": None,
+                     "CallDurationInSeconds": None, "CallDisposition": None, "Description": f"About {topic}."}
+            else:
+                f = {"Subject": f"Follow up on {topic}", "TaskSubtype": "Task", "CallType": None,
+                     "CallDurationInSeconds": None, "CallDisposition": None, "Description": None}
+        when = min(when, ts)
+        f.update({"WhoId": sf_id("Contact", who + 1), "OwnerId": r.choice(USER_IDS),
+                  "ActivityDate": time.strftime("%Y-%m-%d", time.gmtime(when // 1000)), "Status": "Completed",
+                  "Priority": "Normal", "Omnisync_Interaction_Id__c": None, "CreatedDate": when})
+        return Rec(k + 1, f, ts, when, deleted=state == "deleted")
+
+    # --- rendering --------------------------------------------------------------------------------
+    def render(self, sobject: str, rec: Rec, fields: list[str] | None = None) -> dict[str, Any]:
+        sid = sf_id(sobject, rec.num)
+        full = {"Id": sid, **rec.fields, "IsDeleted": rec.deleted, "LastModifiedDate": rec.ts,
+                "SystemModstamp": rec.ts}
+        out: dict[str, Any] = {"attributes": {"type": sobject,
+                                              "url": f"/services/data/v{API_VERSION}/sobjects/{sobject}/{sid}"}}
+        for f in fields or list(SCHEMA[sobject]):
+            v = full.get(f)
+            out[f] = sf_datetime(v) if SCHEMA[sobject][f] == "datetime" and v is not None else v
+        return out
+
+    def _row(self, sobject: str, rec: Rec) -> dict[str, Any]:
+        """Comparable values for WHERE evaluation (ids shortened to 15 characters)."""
+        row = {"Id": sf_id(sobject, rec.num)[:15], **rec.fields, "IsDeleted": rec.deleted,
+               "LastModifiedDate": rec.ts, "SystemModstamp": rec.ts}
+        for f, kind in SCHEMA[sobject].items():
+            if kind == "ref" and row.get(f):
+                row[f] = row[f][:15]
+            elif kind == "int" and row.get(f) is not None:
+                row[f] = float(row[f])
+        return row
+
+    # --- queries ----------------------------------------------------------------------------------
+    def query(self, q: str, *, all_rows: bool, batch: int) -> dict[str, Any]:
+        query = parse_soql(q)
+        _check_fields(query)
+        t = self.tables[query.sobject]
+        by_index = all(f in ("SystemModstamp", "LastModifiedDate", "Id") and not d for f, d in query.order[:1]) and \
+            all(f == "Id" and not d for f, d in query.order[1:]) and \
+            (not query.order or query.order[0][0] != "Id")
+        nums: list[int] = []
+        for ts, num in t.by_ts(lower_bound(query.where)):
+            rec = t.get(num)
+            if rec is None or (rec.deleted and not all_rows):
+                continue
+            if evaluate(query.where, self._row(query.sobject, rec)):
+                nums.append(num)
+                if by_index and query.limit is not None and len(nums) >= query.limit:
+                    break
+        if not by_index:
+            for f, desc in reversed(query.order):
+                nums.sort(key=lambda n: _sort_key(self._row(query.sobject, t.get(n)).get(f)), reverse=desc)
+        if query.limit is not None:
+            nums = nums[:query.limit]
+        loc = Locator(query.sobject, query.fields, nums, 0, batch, all_rows, time.monotonic() + self.locator_ttl_s)
+        return self._page(loc, None)
+
+    def _page(self, loc: Locator, key: str | None) -> dict[str, Any]:
+        t = self.tables[loc.sobject]
+        part = loc.nums[loc.pos:loc.pos + loc.batch]
+        records = []
+        for num in part:
+            rec = t.get(num)
+            records.append(self.render(loc.sobject, rec, loc.fields))
+        loc.pos += len(part)
+        out: dict[str, Any] = {"totalSize": len(loc.nums), "done": loc.pos >= len(loc.nums), "records": records}
+        if key is not None:
+            self.locators.pop(key, None)
+        if not out["done"]:
+            self.locator_seq += 1
+            base = f"01gDn{self.locator_seq:012d}"
+            key = f"{base}-{loc.pos}"
+            self.locators[key] = loc
+            while len(self.locators) > MAX_LOCATORS:
+                self.locators.popitem(last=False)
+            kind = "queryAll" if loc.all_rows else "query"
+            out["nextRecordsUrl"] = f"/services/data/v{API_VERSION}/{kind}/{key}"
+        return out
+
+    def query_more(self, key: str) -> dict[str, Any]:
+        loc = self.locators.get(key)
+        if loc is None or loc.expires < time.monotonic():
+            self.locators.pop(key, None)
+            raise ApiError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+        return self._page(loc, key)
+
+    # --- writes -----------------------------------------------------------------------------------
+    def _clean(self, sobject: str, values: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+        schema = SCHEMA[sobject]
+        out: dict[str, Any] = {}
+        for name, v in values.items():
+            if name in ("attributes", "Id"):
+                continue
+            kind = schema.get(name)
+            if kind is None:
+                raise ApiError(400, "INVALID_FIELD", f"No such column '{name}' on sobject of type {sobject}", [name])
+            if name in READ_ONLY:
+                raise ApiError(400, "INVALID_FIELD_FOR_INSERT_UPDATE",
+                               f"Unable to create/update fields: {name}. Please check the security settings of this "
+                               "field and verify that it is read/write for your profile or permission set.", [name])
+            if v is None or v == "":
+                out[name] = False if kind == "bool" else None
+                continue
+            if kind == "email":
+                if not isinstance(v, str) or not _EMAIL_RE.match(v.strip()):
+                    raise ApiError(400, "INVALID_EMAIL_ADDRESS", f"{name}: invalid email address: {v}", [name])
+                v = v.strip().lower()
+            elif kind == "bool":
+                if not isinstance(v, bool):
+                    raise ApiError(400, "JSON_PARSER_ERROR", f"Cannot deserialize instance of boolean from "
+                                   f"{type(v).__name__} value for {name}", [name])
+            elif kind == "int":
+                try:
+                    v = int(v)
+                except (TypeError, ValueError):
+                    raise ApiError(400, "INVALID_TYPE_ON_FIELD_IN_RECORD", f"{name}: value not of required type",
+                                   [name]) from None
+            elif kind == "date":
+                if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(v)):
+                    raise ApiError(400, "INVALID_TYPE_ON_FIELD_IN_RECORD", f"{name}: value not of required type: "
+                                   "expected YYYY-MM-DD", [name])
+            elif kind == "ref":
+                target = parse_id(str(v))
+                if target is None or self.tables[target[0]].get(target[1]) is None or \
+                        self.tables[target[0]].get(target[1]).deleted:
+                    raise ApiError(400, "INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id", [name])
+                v = sf_id(*target)
+            else:
+                v = str(v)
+                if len(v) > 255:
+                    raise ApiError(400, "STRING_TOO_LONG", f"{name}: data value too large", [name])
+            if (sobject, name) in PICKLISTS and v not in PICKLISTS[(sobject, name)]:
+                raise ApiError(400, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                               f"{name}: bad value for restricted picklist field", [name])
+            out[name] = v
+        if creating:
+            missing = [f for f in REQUIRED[sobject] if not out.get(f)]
+            if missing:
+                raise ApiError(400, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]",
+                               missing)
+        return out
+
+    def _unique(self, sobject: str, values: dict[str, Any], num: int | None) -> None:
+        t = self.tables[sobject]
+        for f in EXTERNAL_IDS[sobject]:
+            v = values.get(f)
+            if v:
+                holder = t.external_index(f).get(v)
+                if holder is not None and holder != num:
+                    raise ApiError(400, "DUPLICATE_VALUE", f"duplicate value found: {f} duplicates value on record "
+                                   f"with id: {sf_id(sobject, holder)}", [f])
+
+    def create(self, sobject: str, values: dict[str, Any]) -> Rec:
+        t = self.tables[sobject]
+        clean = self._clean(sobject, values, creating=True)
+        self._unique(sobject, clean, None)
+        now = self.now_ms()
+        fields = {f: (False if k == "bool" else None) for f, k in SCHEMA[sobject].items()
+                  if f not in ("Id", "IsDeleted", "LastModifiedDate", "SystemModstamp")}
+        if sobject == "Task":
+            fields.update({"Status": "Not Started", "Priority": "Normal"})
+        fields.update(clean)
+        fields["CreatedDate"] = now
+        num = t.next_num
+        t.next_num += 1
+        rec = Rec(num, fields, now, now)
+        t.put(rec)
+        return rec
+
+    def update(self, sobject: str, num: int, values: dict[str, Any]) -> Rec:
+        t = self.tables[sobject]
+        old = t.get(num)
+        if old is None or old.deleted:
+            raise ApiError(404, "ENTITY_IS_DELETED" if old is not None else "NOT_FOUND",
+                           "entity is deleted" if old is not None else "The requested resource does not exist", [])
+        clean = self._clean(sobject, values, creating=False)
+        self._unique(sobject, clean, num)
+        # A save always bumps SystemModstamp, even when no value changed (as Salesforce does).
+        rec = Rec(num, {**old.fields, **clean}, self.now_ms(), old.created)
+        t.put(rec)
+        return rec
+
+    def delete(self, sobject: str, num: int, *, master: str | None = None) -> bool:
+        t = self.tables[sobject]
+        old = t.get(num)
+        if old is None or old.deleted:
+            return False
+        now = self.now_ms()
+        t.put(Rec(num, {**old.fields, "MasterRecordId": master} if master else dict(old.fields), now, old.created,
+                  deleted=True))
+        if sobject == "Contact":
+            tasks = self.tables["Task"]
+            sid = sf_id("Contact", num)
+            for _, tnum in list(tasks.by_ts(None)):
+                task = tasks.get(tnum)
+                if not task.deleted and task.fields.get("WhoId") == sid:
+                    if master:
+                        tasks.put(Rec(tnum, {**task.fields, "WhoId": master}, now, task.created))
+                    else:
+                        tasks.put(Rec(tnum, dict(task.fields), now, task.created, deleted=True))
+        return True
+
+    def merge(self, master: str, losers: list[str]) -> Rec:
+        """Merge contacts as a user does: the master keeps its id and fills its blanks from the losers,
+        which are deleted with ``MasterRecordId`` set; their activities move to the master."""
+        m = parse_id(master)
+        t = self.tables["Contact"]
+        if m is None or m[0] != "Contact" or t.get(m[1]) is None or t.get(m[1]).deleted:
+            raise ApiError(400, "INVALID_ID_FIELD", "master record id is not a live contact")
+        fields = dict(t.get(m[1]).fields)
+        for lid in losers:
+            loser = parse_id(lid)
+            if loser is None or loser[0] != "Contact" or loser[1] == m[1]:
+                raise ApiError(400, "INVALID_ID_FIELD", "merged record id is not another contact")
+            rec = t.get(loser[1])
+            if rec is None or rec.deleted:
+                raise ApiError(400, "ENTITY_IS_DELETED", "merged record is deleted")
+            for k, v in rec.fields.items():
+                if fields.get(k) in (None, "") and v not in (None, "") and k not in EXTERNAL_IDS["Contact"]:
+                    fields[k] = v
+            self.delete("Contact", loser[1], master=sf_id("Contact", m[1]))
+        rec = Rec(m[1], fields, self.now_ms(), t.get(m[1]).created)
+        t.put(rec)
+        return rec
+
+    def collection(self, method: str, body: Any, sobject_path: str | None = None,
+                   ext_field: str | None = None) -> list[dict[str, Any]]:
+        if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+            raise ApiError(400, "JSON_PARSER_ERROR", "The request body must be an object with a records array")
+        records = body["records"]
+        if len(records) > COLLECTION_MAX:
+            raise ApiError(400, "EXCEEDED_ID_LIMIT", f"record limit reached. cannot submit more than "
+                           f"{COLLECTION_MAX} records into this call")
+        all_or_none = bool(body.get("allOrNone", False))
+        if sobject_path is not None:
+            if sobject_path not in SCHEMA:
+                raise ApiError(404, "NOT_FOUND", f"The requested resource does not exist")
+            if ext_field not in EXTERNAL_IDS[sobject_path]:
+                raise ApiError(404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: "
+                               f"{ext_field}")
+        snapshot = {name: (dict(t.over), list(t.delta), t.next_num, {k: dict(v) for k, v in t.ext.items()})
+                    for name, t in self.tables.items()} if all_or_none else None
+        results = []
+        for rec in records:
+            try:
+                results.append(self._one(method, rec, sobject_path, ext_field))
+            except ApiError as e:
+                results.append({"id": None, "success": False,
+                                "errors": [{"statusCode": e.code, "message": e.message, "fields": e.fields or []}]})
+        if all_or_none and any(not r["success"] for r in results):
+            for name, (over, delta, nxt, ext) in snapshot.items():
+                t = self.tables[name]
+                t.over, t.delta, t.next_num, t.ext = over, delta, nxt, ext
+            results = [r if not r["success"] else
+                       {"id": None, "success": False, "errors": [{"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                                                                  "message": "Record rolled back because not all "
+                                                                             "records were valid and the request "
+                                                                             "was using AllOrNone header",
+                                                                  "fields": []}]}
+                       for r in results]
+        return results
+
+    def _one(self, method: str, rec: Any, sobject_path: str | None, ext_field: str | None) -> dict[str, Any]:
+        if not isinstance(rec, dict):
+            raise ApiError(400, "JSON_PARSER_ERROR", "each record must be an object")
+        sobject = (rec.get("attributes") or {}).get("type")
+        if sobject not in SCHEMA:
+            raise ApiError(400, "INVALID_TYPE", "Must send a concrete entity type (attributes.type)")
+        if sobject_path is not None and sobject != sobject_path:
+            raise ApiError(400, "INVALID_TYPE", f"records must all be of type {sobject_path}")
+        if method == "POST":
+            if rec.get("Id"):
+                raise ApiError(400, "INVALID_FIELD", "cannot specify Id in an insert call", ["Id"])
+            made = self.create(sobject, rec)
+            return {"id": sf_id(sobject, made.num), "success": True, "errors": []}
+        if ext_field is None:
+            target = parse_id(str(rec.get("Id") or ""))
+            if target is None or target[0] != sobject:
+                raise ApiError(400, "MALFORMED_ID", f"Id in update: bad id {str(rec.get('Id'))[:20]}", ["Id"])
+            made = self.update(sobject, target[1], rec)
+            return {"id": sf_id(sobject, made.num), "success": True, "errors": []}
+        key = rec.get(ext_field)
+        if not key:
+            raise ApiError(400, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{ext_field}]", [ext_field])
+        holder = self.tables[sobject].external_index(ext_field).get(str(key))
+        if holder is None:
+            made = self.create(sobject, rec)
+            return {"id": sf_id(sobject, made.num), "success": True, "errors": [], "created": True}
+        made = self.update(sobject, holder, {k: v for k, v in rec.items() if k != ext_field})
+        return {"id": sf_id(sobject, made.num), "success": True, "errors": [], "created": False}
+
+    def delete_collection(self, ids: list[str], all_or_none: bool) -> list[dict[str, Any]]:
+        if len(ids) > COLLECTION_MAX:
+            raise ApiError(400, "EXCEEDED_ID_LIMIT", f"record limit reached. cannot submit more than "
+                           f"{COLLECTION_MAX} records into this call")
+        out = []
+        for raw in ids:
+            target = parse_id(raw)
+            rec = self.tables[target[0]].get(target[1]) if target else None
+            if rec is None:
+                out.append({"id": raw, "success": False, "errors": [
+                    {"statusCode": "MALFORMED_ID" if target is None else "INVALID_CROSS_REFERENCE_KEY",
+                     "message": "invalid cross reference id", "fields": []}]})
+            elif rec.deleted:
+                out.append({"id": raw, "success": False, "errors": [
+                    {"statusCode": "ENTITY_IS_DELETED", "message": "entity is deleted", "fields": []}]})
+            else:
+                self.delete(target[0], target[1])
+                out.append({"id": sf_id(*target), "success": True, "errors": []})
+        return out
+
+    def get_deleted(self, sobject: str, start: str, end: str) -> dict[str, Any]:
+        def parse(v: str) -> int:
+            try:
+                return int(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
+            except ValueError:
+                raise ApiError(400, "INVALID_REPLICATION_DATE", f"invalid date: {v[:40]}") from None
+
+        lo, hi = parse(start), parse(end)
+        now = self.now_ms()
+        earliest = now - GET_DELETED_DAYS * 86_400_000
+        if lo < earliest - 60_000:
+            raise ApiError(400, "INVALID_REPLICATION_DATE", "startDate cannot be more than 15 days ago")
+        if hi <= lo:
+            raise ApiError(400, "INVALID_REPLICATION_DATE", "endDate must chronologically follow the startDate")
+        t = self.tables[sobject]
+        rows, latest = [], lo
+        for ts, num in t.by_ts(lo):
+            if ts > hi:
+                break
+            rec = t.get(num)
+            if rec.deleted:
+                rows.append({"id": sf_id(sobject, num), "deletedDate": sf_datetime(ts)})
+                latest = max(latest, ts)
+        return {"deletedRecords": rows, "earliestDateAvailable": sf_datetime(earliest),
+                "latestDateCovered": sf_datetime(min(hi, now) // 60_000 * 60_000)}
+
+    def export(self) -> dict[str, Any]:
+        """Every record the org holds (recycle bin included), as an administrator's export sees it."""
+        return {name: [self.render(name, t.get(num)) for _, num in t.by_ts(None)] for name, t in self.tables.items()}
+
+    # --- routes -----------------------------------------------------------------------------------
+    def routes(self, app: FastAPI) -> None:
+        sb = self
+        base = "/services/data/v{version}"
+
+        def handler(fn: Callable[..., Any]) -> Callable[..., Any]:
+            async def wrapped(request: Request) -> Response:
+                body: Any = None
+                if request.method in ("POST", "PATCH", "PUT"):
+                    raw = await request.body()
+                    try:
+                        body = json.loads(raw) if raw else {}
+                    except ValueError:
+                        return _json(ApiError(400, "JSON_PARSER_ERROR", "Unexpected character in request body")
+                                     .body(), 400)
+                try:
+                    with sb.lock:
+                        status, payload = fn(request, body, **request.path_params)
+                except ApiError as e:
+                    return _json(e.body(), e.status)
+                if status == 204:
+                    return Response(status_code=204)
+                return _json(payload, status)
+
+            return wrapped
+
+        def batch_size(request: Request) -> int:
+            opts = request.headers.get("sforce-query-options", "")
+            m = re.search(r"batchSize=(\d+)", opts)
+            return max(BATCH_MIN, min(BATCH_DEFAULT, int(m.group(1)))) if m else BATCH_DEFAULT
+
+        def run(request: Request, all_rows: bool) -> tuple[int, Any]:
+            q = request.query_params.get("q")
+            if not q:
+                raise ApiError(400, "MALFORMED_QUERY", "A query string has to be specified")
+            return 200, sb.query(q, all_rows=all_rows, batch=batch_size(request))
+
+        @handler
+        def query(request: Request, body: Any, version: str):
+            return run(request, False)
+
+        @handler
+        def query_all(request: Request, body: Any, version: str):
+            return run(request, True)
+
+        @handler
+        def more(request: Request, body: Any, version: str, locator: str):
+            return 200, sb.query_more(locator)
+
+        @handler
+        def limits(request: Request, body: Any, version: str):
+            total = sb._total()
+            return 200, {"DailyApiRequests": {"Max": total, "Remaining": max(0, total - sb.calls_used)}}
+
+        @handler
+        def composite(request: Request, body: Any, version: str):
+            if request.method == "DELETE":
+                ids = [i for i in (request.query_params.get("ids") or "").split(",") if i]
+                return 200, sb.delete_collection(ids, request.query_params.get("allOrNone") == "true")
+            return 200, sb.collection(request.method, body)
+
+        @handler
+        def upsert(request: Request, body: Any, version: str, sobject: str, field: str):
+            return 200, sb.collection("PATCH", body, sobject, field)
+
+        @handler
+        def deleted(request: Request, body: Any, version: str, sobject: str):
+            if sobject not in SCHEMA:
+                raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+            return 200, sb.get_deleted(sobject, request.query_params.get("start", ""),
+                                       request.query_params.get("end", ""))
+
+        @handler
+        def get_one(request: Request, body: Any, version: str, sobject: str, record_id: str):
+            target = parse_id(record_id)
+            rec = sb.tables[sobject].get(target[1]) if target and target[0] == sobject and sobject in SCHEMA else None
+            if rec is None or rec.deleted:
+                raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+            return 200, sb.render(sobject, rec)
+
+        app.add_api_route(base + "/query/", query, methods=["GET"])
+        app.add_api_route(base + "/queryAll/", query_all, methods=["GET"])
+        app.add_api_route(base + "/query/{locator}", more, methods=["GET"])
+        app.add_api_route(base + "/queryAll/{locator}", more, methods=["GET"])
+        app.add_api_route(base + "/limits/", limits, methods=["GET"])
+        app.add_api_route(base + "/composite/sobjects", composite, methods=["POST", "PATCH", "DELETE"])
+        app.add_api_route(base + "/composite/sobjects/{sobject}/{field}", upsert, methods=["PATCH"])
+        app.add_api_route(base + "/sobjects/{sobject}/deleted/", deleted, methods=["GET"])
+        app.add_api_route(base + "/sobjects/{sobject}/{record_id}", get_one, methods=["GET"])
+        self._admin_routes(app, handler)
+
+    def _admin_routes(self, app: FastAPI, handler: Callable[..., Any]) -> None:
+        """Changes as a user would make them in Salesforce's UI, for tests and the demo."""
+        sb = self
+
+        def target(sobject: str, record_id: str) -> int:
+            t = parse_id(record_id)
+            if t is None or t[0] != sobject:
+                raise ApiError(400, "MALFORMED_ID", "bad id")
+            return t[1]
+
+        @handler
+        def edit(request: Request, body: Any, sobject: str, record_id: str):
+            rec = sb.update(sobject, target(sobject, record_id), body or {})
+            return 200, sb.render(sobject, rec)
+
+        @handler
+        def remove(request: Request, body: Any, sobject: str, record_id: str):
+            return 200, {"deleted": sb.delete(sobject, target(sobject, record_id))}
+
+        @handler
+        def merge(request: Request, body: Any):
+            rec = sb.merge(str(body.get("master")), [str(x) for x in body.get("losers") or []])
+            return 200, sb.render("Contact", rec)
+
+        @handler
+        def set_limits(request: Request, body: Any):
+            sb.daily_limit = int((body or {}).get("daily", sb.daily_limit))
+            return 200, {"daily": sb.daily_limit}
+
+        @handler
+        def expire(request: Request, body: Any):
+            n = len(sb.locators)
+            sb.locators.clear()
+            return 200, {"expired": n}
+
+        @handler
+        def export(request: Request, body: Any):
+            return 200, sb.export()
+
+        app.add_api_route("/_sandbox/sobjects/{sobject}/{record_id}", edit, methods=["PATCH"], include_in_schema=False)
+        app.add_api_route("/_sandbox/sobjects/{sobject}/{record_id}", remove, methods=["DELETE"],
+                          include_in_schema=False)
+        app.add_api_route("/_sandbox/merge", merge, methods=["POST"], include_in_schema=False)
+        app.add_api_route("/_sandbox/limits", set_limits, methods=["POST"], include_in_schema=False)
+        app.add_api_route("/_sandbox/locators/expire", expire, methods=["POST"], include_in_schema=False)
+        app.add_api_route("/_sandbox/export", export, methods=["GET"], include_in_schema=False)
+
+
+def _sort_key(v: Any) -> tuple[int, Any]:
+    return (0, "") if v is None else (1, v)
+
+
+def _json(payload: Any, status: int) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
