@@ -520,7 +520,11 @@ class SalesforceSandbox(Sandbox):
     name = "salesforce"
     tls = True
 
-    def __init__(self, *, size: int = 100, seed: int = 1):
+    def __init__(self, *, size: int = 100, seed: int = 1, keep_alive: bool = False):
+        # Idle keep-alive TLS connections hold up uvicorn's shutdown (it waits for the client's
+        # close_notify, and SandboxServer.stop gives up after 10 s): by default each response closes
+        # its connection. keep_alive=True is for long runs (the benchmark) that stop once.
+        self.keep_alive = keep_alive
         self.daily_limit = DAILY_LIMIT
         self.locator_ttl_s = 15 * 60.0
         super().__init__(size=size, seed=seed)
@@ -549,7 +553,10 @@ class SalesforceSandbox(Sandbox):
                               f"TotalRequests Limit exceeded. Daily API request limit of {total} reached.").body(), 403)
 
     def response_headers(self) -> dict[str, str]:
-        return {"Sforce-Limit-Info": f"api-usage={min(self.calls_used, self._total())}/{self._total()}"}
+        headers = {"Sforce-Limit-Info": f"api-usage={min(self.calls_used, self._total())}/{self._total()}"}
+        if not self.keep_alive:
+            headers["Connection"] = "close"
+        return headers
 
     def _total(self) -> int:
         return self.faults.daily_quota if self.faults.daily_quota is not None else self.daily_limit
