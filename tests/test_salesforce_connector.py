@@ -250,3 +250,17 @@ def test_salesforce_errors_translate_into_the_shared_classes(fixture, cls, code)
     err = conn._translate(SalesforceError("https://x", doc["status"], "query", doc["body"]), "query contacts")
     assert type(err) is cls and err.code == code and err.status == doc["status"]
     assert err.retryable is (cls is TransientError)
+
+
+def test_collection_results_are_tied_to_inputs_by_position_and_scrubbed():
+    doc = json.loads((FIX / "collections_upsert_partial.json").read_text())
+    conn = SalesforceConnector(SalesforceCredentials(instance_url="https://example.my.salesforce.com",
+                                                     session_id="s"))
+    recs = [OutboundRecord(key=f"G{i}|new", payload={"LastName": "X"}) for i in range(3)]
+    sent, outcomes = [], {}
+    conn._collection("contacts", "Contact", [(i, r, {"LastName": "X"}) for i, r in enumerate(recs)], outcomes,
+                     lambda body: sent.append(body) or doc["body"])
+    assert sent[0]["allOrNone"] is False and sent[0]["records"][0]["attributes"] == {"type": "Contact"}
+    assert [outcomes[i].status for i in range(3)] == [WriteStatus.created, WriteStatus.failed, WriteStatus.updated]
+    assert outcomes[0].external_id == "003Dn000000002sIAA" and outcomes[2].external_id == "003Dn0000000005IAA"
+    assert "G1|new" in outcomes[1].error and "field Email" in outcomes[1].error and "example" not in outcomes[1].error
