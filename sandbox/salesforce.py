@@ -190,12 +190,11 @@ class Table:
         return rec
 
     def put(self, rec: Rec) -> None:
+        # Superseded (ts, num) entries stay in ``delta`` and are skipped when read: removing them
+        # from the middle of a long list made bulk updates quadratic.
         old = self.over.get(rec.num)
-        if old is not None:
-            k = bisect.bisect_left(self.delta, (old.ts, old.num))
-            if k < len(self.delta) and self.delta[k] == (old.ts, old.num):
-                del self.delta[k]
-        else:
+        fresh = old is None or old.ts != rec.ts
+        if old is None:
             old = self.get(rec.num)
         for fname, idx in self.ext.items():
             if old is not None and old.fields.get(fname) and idx.get(old.fields[fname]) == rec.num:
@@ -203,14 +202,16 @@ class Table:
             if not rec.deleted and rec.fields.get(fname):
                 idx[rec.fields[fname]] = rec.num
         self.over[rec.num] = rec
-        bisect.insort(self.delta, (rec.ts, rec.num))
+        if fresh:
+            bisect.insort(self.delta, (rec.ts, rec.num))
 
     def by_ts(self, lo: int | None) -> Iterator[tuple[int, int]]:
         """(SystemModstamp, number) of every record, live or deleted, ascending from ``lo``."""
         start = 0 if lo is None else bisect.bisect_left(self.base, (lo, -1))
         base = (e for e in itertools_slice(self.base, start) if e[1] not in self.over)
         dstart = 0 if lo is None else bisect.bisect_left(self.delta, (lo, -1))
-        return heapq.merge(base, itertools_slice(self.delta, dstart))
+        current = (e for e in itertools_slice(self.delta, dstart) if self.over[e[1]].ts == e[0])
+        return heapq.merge(base, current)
 
     def external_index(self, fname: str) -> dict[str, int]:
         idx = self.ext.get(fname)
