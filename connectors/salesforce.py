@@ -114,8 +114,9 @@ class SalesforceConnector(Connector):
         self.retries = 0
         self.usage: tuple[int, int] | None = None  # (used, total) from Sforce-Limit-Info
         self.session = _Instrumented(self, credentials.ca_bundle or True, (min(timeout, 10.0), timeout))
-        self.sf = Salesforce(instance_url=credentials.instance_url, session_id=credentials.session_id.get_secret_value(),
-                             version=credentials.api_version, session=self.session)
+        self.sf = Salesforce(instance_url=credentials.instance_url,
+                             session_id=credentials.session_id.get_secret_value(), version=credentials.api_version,
+                             session=self.session)
 
     # --- plumbing ------------------------------------------------------------------------------
     @property

@@ -61,7 +61,8 @@ GET_DELETED_DAYS = 15
 USER_IDS = [f"005Dn00000{n:05d}" for n in range(11, 23)]
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$")
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9-]+)+$")
 
 # Field kinds: id, ref, str, email, bool, date, datetime, int. Read-only fields are listed apart.
 SCHEMA: dict[str, dict[str, str]] = {
@@ -86,7 +87,8 @@ SCHEMA: dict[str, dict[str, str]] = {
 READ_ONLY = {"Id", "MasterRecordId", "IsDeleted", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsConverted",
              "ConvertedContactId"}
 REQUIRED = {"Contact": ("LastName",), "Lead": ("LastName", "Company"), "Task": ()}
-PICKLISTS = {("Task", "TaskSubtype"): ("Call", "Email", "Task"), ("Task", "CallType"): ("Inbound", "Outbound", "Internal"),
+PICKLISTS = {("Task", "TaskSubtype"): ("Call", "Email", "Task"),
+             ("Task", "CallType"): ("Inbound", "Outbound", "Internal"),
              ("Task", "Status"): ("Not Started", "In Progress", "Completed"),
              ("Task", "Priority"): ("High", "Normal", "Low"),
              ("Lead", "Status"): ("Open - Not Contacted", "Working - Contacted", "Closed - Converted",
@@ -545,8 +547,8 @@ class SalesforceSandbox(Sandbox):
         return _json(ApiError(503, "SERVER_UNAVAILABLE", "Too many concurrent requests; try again later").body(), 503)
 
     def server_error(self) -> Response:
-        return _json(ApiError(500, "UNKNOWN_EXCEPTION", "An unexpected error occurred. Please include this ErrorId "
-                                                        "if you contact support: 1930502211-57201 (-1234567)").body(), 500)
+        return _json(ApiError(500, "UNKNOWN_EXCEPTION", "An unexpected error occurred. Please include this "
+                              "ErrorId if you contact support: 1930502211-57201 (-1234567)").body(), 500)
 
     def quota_exhausted(self) -> Response:
         total = self._total()
@@ -837,7 +839,7 @@ class SalesforceSandbox(Sandbox):
             if kind == "email":
                 if not isinstance(v, str) or not _EMAIL_RE.match(v.strip()):
                     raise ApiError(400, "INVALID_EMAIL_ADDRESS", f"{name}: invalid email address: {v}", [name])
-                v = v.strip().lower()
+                v = v.strip()
             elif kind == "bool":
                 if not isinstance(v, bool):
                     raise ApiError(400, "JSON_PARSER_ERROR", f"Cannot deserialize instance of boolean from "
@@ -860,7 +862,7 @@ class SalesforceSandbox(Sandbox):
                 v = sf_id(*target)
             else:
                 v = str(v)
-                if len(v) > 255:
+                if len(v) > (32_000 if name == "Description" else 255):
                     raise ApiError(400, "STRING_TOO_LONG", f"{name}: data value too large", [name])
             if (sobject, name) in PICKLISTS and v not in PICKLISTS[(sobject, name)]:
                 raise ApiError(400, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",

@@ -113,6 +113,15 @@ def test_deletes_and_merges_arrive_in_order_with_the_survivor_named(org):
     assert not by_id[master].deleted and by_id[master].merged_into is None
 
 
+def test_leads_are_read_with_deletions_like_contacts(org):
+    sb, connect = org(size=300)
+    _, leads = read_all(connect(), "leads")
+    exported = sb.export()["Lead"]
+    assert {r.external_id for r in leads} == {r["Id"] for r in exported}
+    assert {r.external_id for r in leads if r.deleted} == {r["Id"] for r in exported if r["IsDeleted"]}
+    assert all(r.payload["Company"] for r in leads)
+
+
 def test_tasks_read_only_calls_and_emails_with_their_contact(org):
     sb, connect = org(size=300)
     _, tasks = read_all(connect(), "tasks")
@@ -165,7 +174,8 @@ def test_activities_upsert_on_the_interaction_id_and_hang_on_the_contact(org):
         WriteStatus.updated] * 3
     assert [o.external_id for o in first] == [o.external_id for o in second]
     _, tasks = read_all(conn, "tasks")
-    mine = {t.payload["Omnisync_Interaction_Id__c"]: t.payload for t in tasks if t.payload["Omnisync_Interaction_Id__c"]}
+    mine = {t.payload["Omnisync_Interaction_Id__c"]: t.payload for t in tasks
+            if t.payload["Omnisync_Interaction_Id__c"]}
     assert set(mine) == {"zoom:E0", "zoom:E1", "zoom:E2"}
     assert all(t["WhoId"] == who and t["Status"] == "Completed" for t in mine.values())
 
@@ -223,7 +233,8 @@ def test_the_query_quotes_hostile_cursor_values(org):
     when = datetime(2026, 11, 1, tzinfo=timezone.utc)
     soql = conn.soql("contacts", (when, "x' OR Id != '"), None, None)
     assert "Id > 'x\\' OR Id != \\''" in soql and "SystemModstamp > 2026-11-01T00:00:00+00:00" in soql
-    _, got = read_all(conn, cursor=Cursor(modified_at=datetime(2027, 6, 1, tzinfo=timezone.utc), last_id="x' OR Id != '"))
+    later = Cursor(modified_at=datetime(2027, 6, 1, tzinfo=timezone.utc), last_id="x' OR Id != '")
+    _, got = read_all(conn, cursor=later)
     assert got == []
 
 
