@@ -260,6 +260,18 @@ def _ingest_one(session: Session, r: SourceRecord, mappings: tuple[Mapping, ...]
         counts.bump(r.system, r.stream, "suppressed")
         return
 
+    if "interaction" in mapped and ledger is not None:
+        # An activity omnisync itself wrote (the copy of another system's interaction) read back:
+        # the original is on the timeline already, so the copy is our echo, not a new fact.
+        if row is None:
+            row = SourceRow(system=r.system, stream=r.stream, external_id=r.external_id, modified_at=modified,
+                            fingerprint=fp, payload=r.payload, canonical=mapped, kind="interaction")
+        row.payload, row.fingerprint, row.modified_at, row.canonical = r.payload, fp, modified, mapped
+        row.kind, row.deleted, row.echo, row.pending = "interaction", False, True, False
+        session.add(row)
+        counts.bump(r.system, r.stream, "echoes")
+        return
+
     kind = next(iter(mapped)) if "profile" not in mapped else "profile"
     if "interaction" in mapped:
         kind = "interaction"

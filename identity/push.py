@@ -40,7 +40,7 @@ from identity.store import (
     OutboundLedger,
     SourceRow,
 )
-from mappings.engine import Mapping, MappingConfigError, flatten_profile, load_mapping, mappings_for
+from mappings.engine import Mapping, MappingConfigError, dig, flatten_profile, load_mapping, mappings_for
 from omnisync.records import OutboundRecord, SourceRecord, WriteOutcome, WriteStatus, fingerprint, utcnow
 
 OWNERSHIP = Path(__file__).resolve().parent.parent / "mappings" / "ownership.yaml"
@@ -272,13 +272,15 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
         if row.system == system and row.stream == stream and not row.deleted:
             rows_by_golden[row.golden_id].append(row)
     keys = [ledger_key(g.golden_id, r.external_id) for g in active for r in rows_by_golden[g.golden_id]]
-    keys += [ledger_key(g.golden_id, None) for g in active if not rows_by_golden[g.golden_id]]
+    keys += [ledger_key(g.golden_id, None) for g in active]  # creations, also once the record is read back
     ledger = _ledger(session, cache, system, stream, keys)
     linked_ids = {f.target for f in mapping.outbound_fields()} & {"golden_id"}
     keep_theirs = {fm.sources[0] for fm in mapping.outbound_fields()
                    if field_rule(system, fm.target) == "fill_blank"}
     consent_paths = {fm.sources[0]: fm.target for fm in mapping.outbound_fields() if fm.target.startswith("consent.")}
 
+    links = _link_paths(mapping, linked_ids)
+    list_paths = {fm.sources[0]: fm.target for fm in mapping.outbound_fields() if fm.target in ("emails", "phones")}
     for g in active:
         flat = golden_flat(g)
         desired = leaves(mapping.outbound(flat))
@@ -307,10 +309,13 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
             # The merged-away records vanish at the next read: write to the survivor only.
             targets = targets[:1]
         for row in targets:
-            current = leaves(mapping.outbound(_row_flat(row)))
+            current = leaves(mapping.outbound(_row_flat(row, mapping)))
             held = _opted_out(row)
             key = ledger_key(g.golden_id, row.external_id)
             led = ledger.get(key)
+            if led is None:  # a record omnisync created: what it wrote is under the creation key
+                made = ledger.get(ledger_key(g.golden_id, None))
+                led = made if made is not None and made.external_id == row.external_id else None
             wrote = (led.payload or {}).get("vendor", {}) if led else {}
             # Until the target has been read again since our write, its stored state is stale:
             # what we wrote is not repeated. Once re-read, a value still differing was changed back.
@@ -324,6 +329,12 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
                     continue
                 if not_back_yet and path in wrote and _norm(wrote[path]) == _norm(value):
                     continue
+                canon = list_paths.get(path)
+                theirs = ((row.canonical or {}).get("profile") or {}).get(canon) if canon else None
+                if theirs and set(theirs) <= set(flat.get(canon) or []):
+                    continue  # the record holds the person's own addresses/numbers: nothing to correct
+                if path in links and current.get(path) in (None, "") and _norm(wrote.get(path)) == _norm(value):
+                    continue  # a link field the vendor's list call does not return: the ledger knows we set it
                 if path in keep_theirs and current.get(path) not in (None, ""):
                     continue  # the system owns this field once it has a value: golden fills blanks only
                 target_field = consent_paths.get(path)
@@ -391,8 +402,17 @@ def _match(mapping: Mapping, flat: dict[str, Any], pol: dict[str, Any]) -> dict[
     return {}
 
 
-def _row_flat(row: SourceRow) -> dict[str, Any]:
-    return flatten_profile((row.canonical or {}).get("profile") or {})
+def _row_flat(row: SourceRow, mapping: Mapping | None = None) -> dict[str, Any]:
+    """What the target record holds now, in flat canonical terms, including the golden-id link
+    (write-only, so not in the canonical profile: read from the raw payload)."""
+    flat = flatten_profile((row.canonical or {}).get("profile") or {})
+    if mapping is not None:
+        for fm in mapping.outbound_fields():
+            if fm.target == "golden_id":
+                held = dig(row.payload or {}, fm.sources[0])
+                if held not in (None, ""):
+                    flat["golden_id"] = held
+    return flat
 
 
 def ledger_key(golden_id: str, external_id: str | None) -> str:

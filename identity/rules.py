@@ -127,7 +127,8 @@ class Rules:
             return a[0] == b[0]  # an initial
         if self.nickname_groups.get(a, frozenset()) & self.nickname_groups.get(b, frozenset()):
             return True
-        return jaro_winkler_similarity(a, b) >= self.name_similarity
+        # Typos keep the first letter; "Ana"/"Hana" are two people however similar the rest.
+        return a[0] == b[0] and jaro_winkler_similarity(a, b) >= self.name_similarity
 
     def names_conflict(self, first_a: str | None, last_a: str | None,
                        first_b: str | None, last_b: str | None) -> bool:
@@ -135,10 +136,9 @@ class Rules:
         fa, fb, la, lb = fold(first_a), fold(first_b), fold(last_a), fold(last_b)
         if fa and fb and not self._same_name(fa, fb):
             return True
-        # A last name alone differs after marriage; it conflicts only with no first name to agree on.
-        if la and lb and not self._same_name(la, lb) and not (fa and fb):
-            return True
-        return False
+        # Precision first: a different last name is a different person here, even if a marriage
+        # makes us miss a true match now and then (a false merge shows one person's data to another).
+        return bool(la and lb and not self._same_name(la, lb))
 
 
 @lru_cache(maxsize=8)

@@ -263,3 +263,14 @@ def test_lookup_and_resolve_one_answer_with_the_same_rules_without_writing(store
         assert resolve_one(s, "zoom", "new", {"first_name": "Ray", "phones": ["+14155550199"]})[0] == gid
         assert resolve_one(s, "zoom", "new", {"first_name": "Ted", "phones": ["+14155550199"]})[0] is None
     assert store.active() == 1
+
+
+def test_a_shared_office_line_does_not_merge_similar_names_of_different_people(store):
+    store.profile("salesforce", "ana", first_name="Ana", last_name="Mitchell", phones=["+12065550101"])
+    store.profile("salesforce", "hana", first_name="Hana", last_name="Flores", phones=["+12065550101"])
+    store.profile("hubspot", "ana2", first_name="Ana", last_name="Flores", phones=["+12065550101"])
+    store.profile("zoom", "jon", first_name="Jon", last_name="Mitchel", phones=["+12065550101"])
+    store.resolve()
+    assert len({store.golden_of(s, e) for s, e in [("salesforce", "ana"), ("salesforce", "hana"),
+                                                  ("hubspot", "ana2")]}) == 3
+    assert store.golden_of("zoom", "jon") != store.golden_of("salesforce", "ana")
