@@ -25,7 +25,7 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import and_, or_, text
+from sqlalchemy import and_, func, or_, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -77,6 +77,19 @@ def _problem(status: int, title: str, detail: str, headers: dict[str, str] | Non
 
 def _bad(param: str, reason: str) -> Problem:
     return Problem(400, "Bad parameter", f"{param}: {reason}", param=param)
+
+
+def fast_json(body: dict[str, Any]) -> Response:
+    """Answer an already JSON-shaped dict without FastAPI's per-field re-encoding (the hot paths)."""
+    if _orjson is not None:
+        return Response(_orjson.dumps(body), media_type="application/json")
+    return JSONResponse(body)
+
+
+try:  # a faster encoder when present; the answer is the same JSON either way
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None
 
 
 # --- masking -------------------------------------------------------------------------------------
@@ -123,7 +136,7 @@ def mask_lineage(lineage: dict[str, Any]) -> dict[str, Any]:
                 if isinstance(src, dict) else src) for f, src in lineage.items()}
 
 
-def interaction_view(it: InteractionRow, pii: bool) -> dict[str, Any]:
+def interaction_view(it: Any, pii: bool) -> dict[str, Any]:
     data = it.data or {}
     handoff = data.get("handoff") or None
     attrs = dict(data.get("attributes") or {})
@@ -181,7 +194,7 @@ def resolve_survivor(s: Session, golden_id: str) -> tuple[str, GoldenRecord | No
 
 def _ids_of(s: Session, survivor: str) -> list[str]:
     """The survivor and every id merged into it (interactions may still carry an absorbed id)."""
-    aliases = s.exec(select(GoldenAlias.alias_id).where(GoldenAlias.golden_id == survivor)).all()
+    aliases = s.execute(select(GoldenAlias.alias_id).where(GoldenAlias.golden_id == survivor)).scalars().all()
     return [survivor, *sorted(set(aliases) - {survivor})]
 
 
@@ -196,11 +209,16 @@ def load_profile(s: Session, golden_id: str) -> tuple[str, GoldenRecord]:
     return survivor, rec
 
 
-def _interactions(s: Session, ids: list[str]) -> Any:
-    return select(InteractionRow).where(InteractionRow.golden_id.in_(ids))
+def _interactions(s: Session, survivor: str) -> Any:
+    """Rows (not ORM objects: cheaper) of the survivor's interactions, including any still filed
+    under an id merged into it. The ids are fetched first: an OR with a sub-select would make
+    PostgreSQL walk the whole ``started_at`` index instead of ``(golden_id, started_at)``."""
+    ids = _ids_of(s, survivor)
+    col = InteractionRow.golden_id
+    return select(InteractionRow.__table__).where(col == survivor if len(ids) == 1 else col.in_(ids))
 
 
-def open_case(recent: list[InteractionRow]) -> dict[str, Any] | None:
+def open_case(recent: list[Any]) -> dict[str, Any] | None:
     """The customer's open issue: the latest contact with an outcome decides (newest first).
 
     An outcome is an agent's disposition or a status that opens or closes an issue; delivery states
@@ -229,16 +247,31 @@ def display_name(profile: dict[str, Any]) -> str | None:
     return " ".join(p for p in (profile.get("first_name"), profile.get("last_name")) if p) or None
 
 
-def lookup_ids(s: Session, kind: str, value: str) -> list[str]:
-    rows = s.exec(select(IdentityKey.golden_id).where(IdentityKey.kind == kind, IdentityKey.value == value)
-                  .distinct().limit(50)).all()
-    return list(rows)
+def find_survivors(s: Session, kind: str, value: str) -> dict[str, Any]:
+    """The active golden records holding identifier ``(kind, value)``, by survivor id.
+
+    One round trip follows one alias hop (the common case); a longer chain or a record marked merged
+    without an alias falls back to :func:`resolve_survivor`.
+    """
+    target = func.coalesce(GoldenAlias.golden_id, IdentityKey.golden_id)
+    q = (select(GoldenRecord.__table__).select_from(IdentityKey)
+         .outerjoin(GoldenAlias, GoldenAlias.alias_id == IdentityKey.golden_id)
+         .join(GoldenRecord, GoldenRecord.golden_id == target)
+         .where(IdentityKey.kind == kind, IdentityKey.value == value).limit(50))
+    found: dict[str, Any] = {}
+    for rec in s.execute(q):
+        if rec.status == "merged" and rec.merged_into:
+            _sid, rec = resolve_survivor(s, rec.merged_into)
+            if rec is None:
+                continue
+        if rec.status == "active":
+            found.setdefault(rec.golden_id, rec)
+    return found
 
 
-def screen_pop(s: Session, rec: GoldenRecord, pii: bool) -> dict[str, Any]:
-    ids = _ids_of(s, rec.golden_id)
-    recent = list(s.exec(_interactions(s, ids).order_by(InteractionRow.started_at.desc(), InteractionRow.id.desc())
-                         .limit(20)))
+def screen_pop(s: Session, rec: Any, pii: bool) -> dict[str, Any]:
+    recent = list(s.execute(_interactions(s, rec.golden_id)
+                            .order_by(InteractionRow.started_at.desc(), InteractionRow.id.desc()).limit(20)))
     p = rec.profile or {}
     last = recent[0] if recent else None
     last_agent = next((it for it in recent if it.agent), None)
@@ -323,7 +356,9 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
     templates.globals["system_name"] = lambda s: SYSTEM_NAMES.get(s, s)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    def get_session() -> Iterator[Session]:
+    # The dependencies are async on purpose: a sync one costs a thread-pool hop each way, and they do
+    # no I/O except a key lookup every CACHE_SECONDS. The endpoints themselves are sync (one hop).
+    async def get_session() -> AsyncIterator[Session]:
         with Session(engine, expire_on_commit=False) as s:
             yield s
 
@@ -336,7 +371,7 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
         return request.headers.get("x-api-key")
 
     def _require(scope: str, *, cookie: bool = False):
-        def dep(request: Request, s: Session = Depends(get_session)) -> Principal:
+        async def dep(request: Request, s: Session = Depends(get_session)) -> Principal:
             secret = _header_secret(request) or (request.cookies.get(COOKIE) if cookie else None)
             principal = keys.authenticate(s, secret)
             if principal is None:
@@ -438,14 +473,10 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
     @app.get("/v1/lookup", tags=["lookup"], summary="Screen pop: find a customer by email, phone or external id")
     def lookup(email: str | None = Query(None, max_length=254), phone: str | None = Query(None, max_length=40),
                external_id: str | None = Query(None), system: str | None = Query(None),
-               who: Principal = Depends(_require("lookup")), s: Session = Depends(get_session)) -> dict[str, Any]:
+               who: Principal = Depends(_require("lookup")), s: Session = Depends(get_session)) -> Response:
         """Answers with the survivor of every merge, and what routing and the agent need first."""
         kind, value, shown = _find(s, email, phone, external_id, system)
-        survivors: dict[str, GoldenRecord] = {}
-        for gid in lookup_ids(s, kind, value):
-            sid, rec = resolve_survivor(s, gid)
-            if rec is not None and rec.status == "active":
-                survivors.setdefault(sid, rec)
+        survivors = find_survivors(s, kind, value)
         if not survivors:
             raise Problem(404, "Not found", f"no customer has {kind} {shown if who.pii else '(masked)'}")
         best = max(survivors.values(), key=lambda r: (_iso(r.updated_at) or "", r.golden_id))
@@ -454,11 +485,11 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
         body["other_matches"] = sorted(set(survivors) - {best.golden_id})
         body["profile_url"] = f"/v1/profiles/{best.golden_id}"
         body["customer360_url"] = f"/360/{best.golden_id}"
-        return body
+        return fast_json(body)
 
     @app.get("/v1/profiles/{golden_id}", tags=["profiles"], summary="One golden profile with consent and lineage")
     def profile(golden_id: str, lineage: bool = True, who: Principal = Depends(_require("profile:read")),
-                s: Session = Depends(get_session)) -> dict[str, Any]:
+                s: Session = Depends(get_session)) -> Response:
         """An absorbed id answers with its survivor: ``golden_id`` is the survivor, ``requested_id`` what was asked."""
         survivor, rec = load_profile(s, golden_id)
         p = rec.profile or {}
@@ -470,23 +501,23 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
         }
         if lineage:
             body["lineage"] = rec.lineage if who.pii else mask_lineage(rec.lineage or {})
-        return body
+        return fast_json(body)
 
     @app.get("/v1/profiles/{golden_id}/timeline", tags=["profiles"], summary="The unified timeline, newest first")
     def timeline(golden_id: str, cursor: str | None = None, limit: int = Query(50, ge=1, le=500),
                  channels: str | None = Query(None, description="comma-separated, e.g. voice,chat,bot"),
                  who: Principal = Depends(_require("profile:read")),
-                 s: Session = Depends(get_session)) -> dict[str, Any]:
+                 s: Session = Depends(get_session)) -> Response:
         """Keyset paging over ``(started_at, id)``: pass ``next_cursor`` back as ``cursor``."""
         chans = _parse_channels(channels)
         after = decode_cursor(cursor) if cursor else None
         survivor, _rec = load_profile(s, golden_id)
-        return timeline_page(s, survivor, after, limit, chans, who.pii)
+        return fast_json(timeline_page(s, survivor, after, limit, chans, who.pii))
 
     @app.get("/v1/changes", tags=["changes"], summary="The change feed: golden changes, merges and erasures")
     def changes(since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
                 who: Principal = Depends(_require("profile:read")),
-                s: Session = Depends(get_session)) -> dict[str, Any]:
+                s: Session = Depends(get_session)) -> Response:
         """Events with ``seq > since`` in order; resume from ``next_since``."""
         rows = list(s.exec(select(ChangeEvent).where(ChangeEvent.seq > since).order_by(ChangeEvent.seq)
                            .limit(limit + 1)))
@@ -494,7 +525,7 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
         rows = rows[:limit]
         events = [{"seq": r.seq, "golden_id": r.golden_id, "kind": r.kind, "at": _iso(r.at),
                    "detail": r.detail if who.pii else _mask_value(r.detail)} for r in rows]
-        return {"events": events, "next_since": rows[-1].seq if rows else since, "has_more": more}
+        return fast_json({"events": events, "next_since": rows[-1].seq if rows else since, "has_more": more})
 
     @app.get("/v1/analytics/journeys", tags=["analytics"], summary="Journey metrics from the unified timeline")
     def journeys(since: str | None = None, until: str | None = None, days: int | None = Query(None, ge=1, le=3660),
@@ -568,10 +599,8 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
             kind, value, _ = _find(s, email, phone, external_id, system)
         except Problem as e:
             return _html("search.html", status=400, who=who, error=e.detail, q=q)
-        for gid in lookup_ids(s, kind, value):
-            sid, rec = resolve_survivor(s, gid)
-            if rec is not None and rec.status == "active":
-                return RedirectResponse(f"/360/{sid}", status_code=303)
+        for sid in find_survivors(s, kind, value):
+            return RedirectResponse(f"/360/{sid}", status_code=303)
         return _html("search.html", status=404, who=who, error="No customer matches that.", q=q)
 
     @app.get("/360/{golden_id}", tags=["customer 360"], response_class=HTMLResponse,
@@ -606,7 +635,7 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
 
 def timeline_page(s: Session, survivor: str, after: tuple[datetime, int] | None, limit: int,
                   chans: list[str] | None, pii: bool) -> dict[str, Any]:
-    q = _interactions(s, _ids_of(s, survivor))
+    q = _interactions(s, survivor)
     if chans:
         q = q.where(InteractionRow.channel.in_(chans))
     if after is not None:
@@ -614,7 +643,7 @@ def timeline_page(s: Session, survivor: str, after: tuple[datetime, int] | None,
         at = _store_time(s, at)
         q = q.where(or_(InteractionRow.started_at < at,
                         and_(InteractionRow.started_at == at, InteractionRow.id < row_id)))
-    rows = list(s.exec(q.order_by(InteractionRow.started_at.desc(), InteractionRow.id.desc()).limit(limit + 1)))
+    rows = list(s.execute(q.order_by(InteractionRow.started_at.desc(), InteractionRow.id.desc()).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     return {"golden_id": survivor, "items": [interaction_view(r, pii) for r in rows],

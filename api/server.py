@@ -13,7 +13,8 @@ def serve(host: str = "127.0.0.1", port: int = 8765, database_url: str | None = 
 
     from omnisync.privacy import install_log_masking
 
-    install_log_masking(("", "omnisync", "uvicorn", "uvicorn.access", "uvicorn.error"))
+    install_log_masking(("", "omnisync", "uvicorn", "uvicorn.error"))
     app = create_app(database_url)
-    # Access logs would carry lookup parameters (addresses, numbers): the masking filter rewrites them.
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
+    # No access log: its lines carry lookup parameters (addresses, phone numbers) in the query string,
+    # and its formatter needs the raw arguments the masking filter replaces.
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, proxy_headers=False)

@@ -1,0 +1,324 @@
+"""API latency: screen-pop lookup, profile and timeline, in process and over loopback at a fixed rate.
+
+For each store size (default 10,000 and 100,000 golden records; ``OMNISYNC_BENCH_API_SIZES`` e.g.
+``100000,1000000`` for the issue's sizes) the store is filled with golden records, two identity keys
+each (email and phone), a few interactions each, and one customer with 1,000 interactions. Then:
+
+* in process (httpx over ASGI transport, no network): lookup by phone, profile, timeline page of 50
+  for the 1,000-interaction customer; p50/p99 over random customers;
+* over loopback: the API in its own uvicorn process, an open-loop client sending lookups at a fixed
+  rate (default 500/s, ``OMNISYNC_BENCH_API_RPS``); latency is measured from each request's scheduled
+  send time, so a server falling behind shows up as queueing instead of being hidden.
+
+The store is PostgreSQL when reachable (the issue's target: p99 under 10 ms at 500 requests/s),
+else SQLite. Growth is the ratio of the largest size's p99 to the smallest's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("OMNISYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+CHUNK = 5_000
+WARMUP = 50
+
+
+def _pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def _ms(xs: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(_pct(xs, 50) * 1000, 2), "p99_ms": round(_pct(xs, 99) * 1000, 2),
+            "mean_ms": round(statistics.fmean(xs) * 1000, 2), "n": len(xs)}
+
+
+def _pg_ok() -> bool:
+    try:
+        eng = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with eng.connect() as c:
+            c.exec_driver_sql("select 1")
+        eng.dispose()
+        return True
+    except Exception:
+        return False
+
+
+def _phone(i: int) -> str:
+    return f"+1415{i:07d}"
+
+
+def seed(engine: sa.engine.Engine, n: int, per_customer: int = 2, heavy: int = 1_000) -> str:
+    """Fill the store with ``n`` golden records; return the id of the customer with ``heavy`` interactions."""
+    from identity.store import GoldenRecord, IdentityKey, InteractionRow
+
+    gt, kt, it = GoldenRecord.__table__, IdentityKey.__table__, InteractionRow.__table__
+    rnd = random.Random(7)
+    channels = ("voice", "chat", "bot", "sms", "email")
+    with engine.begin() as c:
+        for lo in range(0, n, CHUNK):
+            hi = min(n, lo + CHUNK)
+            golden, ident, inter = [], [], []
+            for i in range(lo, hi):
+                gid = f"g{i:09d}"
+                email = f"person{i}@example.com"
+                golden.append({"golden_id": gid, "status": "active", "merged_into": None, "version": 1,
+                               "created_at": T0, "updated_at": T0,
+                               "profile": {"first_name": f"First{i}", "last_name": f"Last{i}", "emails": [email],
+                                           "phones": [_phone(i)], "locale": "en-US", "value_tier": "silver",
+                                           "consent": [{"channel": "sms", "purpose": "marketing",
+                                                        "status": "opted_in", "observed_at": T0.isoformat(),
+                                                        "source_system": "twilio"}],
+                                           "external_ids": {"hubspot": str(i)}},
+                               "lineage": {"first_name": {"system": "hubspot", "record": str(i), "rule": "most_recent"}}})
+                ident += [{"kind": "email", "value": email, "source_id": 2 * i, "golden_id": gid},
+                          {"kind": "phone", "value": _phone(i), "source_id": 2 * i + 1, "golden_id": gid}]
+                for k in range(per_customer):
+                    at = T0 + timedelta(minutes=rnd.randrange(0, 60 * 24 * 300))
+                    inter.append({"system": "zoom", "external_id": f"{i}-{k}", "golden_id": gid,
+                                  "channel": rnd.choice(channels), "direction": "inbound", "started_at": at,
+                                  "ended_at": at + timedelta(minutes=5), "queue": "Support", "agent": "Agent",
+                                  "summary": "asked about an order", "fingerprint": "f", "ingested_at": T0,
+                                  "data": {"status": "completed"}})
+            c.execute(gt.insert(), golden)
+            c.execute(kt.insert(), ident)
+            c.execute(it.insert(), inter)
+        heavy_id = "g000000000"
+        rows = [{"system": "twilio", "external_id": f"heavy-{k}", "golden_id": heavy_id,
+                 "channel": channels[k % 5], "direction": "inbound" if k % 2 else "outbound",
+                 "started_at": T0 + timedelta(minutes=7 * k), "ended_at": None, "queue": None, "agent": None,
+                 "summary": f"message {k}", "fingerprint": "f", "ingested_at": T0, "data": {"status": "delivered"}}
+                for k in range(heavy)]
+        c.execute(it.insert(), rows)
+    with engine.connect() as c:
+        if engine.dialect.name == "postgresql":
+            c.exec_driver_sql("ANALYZE")
+    return heavy_id
+
+
+def _in_process(engine: sa.engine.Engine, key: str, n: int, heavy: str, requests: int) -> dict[str, Any]:
+    import asyncio
+
+    from api.app import create_app
+
+    app = create_app(engine)
+    rnd = random.Random(11)
+    out: dict[str, list[float]] = {"lookup": [], "profile": [], "timeline": []}
+
+    async def run() -> None:
+        headers = {"X-API-Key": key}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench",
+                                     headers=headers) as c:
+            for _ in range(20):  # warm the key cache, the pool and the query plans
+                await c.get("/v1/lookup", params={"phone": _phone(rnd.randrange(n))})
+            for _ in range(requests):
+                i = rnd.randrange(n)
+                for name, path, params in (("lookup", "/v1/lookup", {"phone": _phone(i)}),
+                                           ("profile", f"/v1/profiles/g{i:09d}", None),
+                                           ("timeline", f"/v1/profiles/{heavy}/timeline", {"limit": 50})):
+                    t = time.perf_counter()
+                    r = await c.get(path, params=params)
+                    out[name].append(time.perf_counter() - t)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"{path} answered {r.status_code}: {r.text[:200]}")
+
+    asyncio.run(run())
+    return {k: _ms(v) for k, v in out.items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _loopback(url: str, key: str, n: int, rps: int, seconds: float) -> dict[str, Any]:
+    """Open-loop lookups at ``rps`` against a uvicorn process; latency from the scheduled send time."""
+    port = _free_port()
+    env = {**os.environ, "OMNISYNC_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    code = f"from api.server import serve; serve('127.0.0.1', {port})"
+    # the server's log goes to a file: a pipe nobody reads would fill and stall it
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError("API server did not start: " + log.read().decode(errors="replace")[-500:])
+            time.sleep(0.1)
+        total = int(rps * seconds)
+        rnd = random.Random(5)
+        phones = [_phone(rnd.randrange(n)) for _ in range(total)]
+        cpu0 = _cpu_seconds(proc.pid)
+        lat, errors, elapsed = asyncio.run(_open_loop(port, key, phones, rps))
+        cpu1 = _cpu_seconds(proc.pid)
+        per = None if cpu0 is None or cpu1 is None else round((cpu1 - cpu0) * 1000 / (total + WARMUP), 3)
+        return {**_ms(lat), "target_rps": rps, "achieved_rps": round(total / elapsed, 1), "errors": errors,
+                "server_cpu_ms_per_request": per}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.seek(0)
+        tail = log.read().decode(errors="replace").splitlines()[-5:]
+        log.close()
+        if os.environ.get("OMNISYNC_BENCH_VERBOSE"):
+            print("\n".join(tail))
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time the server process has used so far (Linux), to report its cost per request."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def _open_loop(port: int, key: str, phones: list[str], rps: int, conns: int = 24):
+    """Send one lookup per phone at ``rps`` over keep-alive connections; a minimal HTTP/1.1 client so
+    the load generator costs little CPU next to the server on the same machine."""
+    import asyncio
+    from urllib.parse import quote
+
+    idle: asyncio.Queue = asyncio.Queue()
+    for _ in range(conns):
+        idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    lat: list[float] = []
+    errors = 0
+
+    async def one(path: str) -> bool:
+        reader, writer = await idle.get()
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nX-API-Key: {key}\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            return head.startswith(b"HTTP/1.1 200")
+        finally:
+            idle.put_nowait((reader, writer))
+
+    async def fire(i: int, due: float) -> None:
+        nonlocal errors
+        try:
+            ok = await one(f"/v1/lookup?phone={quote(phones[i])}")
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            ok = False
+        lat.append(time.perf_counter() - due)
+        errors += not ok
+
+    for p in phones[:WARMUP]:  # warm up: key cache, pool, prepared statements
+        await one(f"/v1/lookup?phone={quote(p)}")
+    start = time.perf_counter() + 0.05
+    tasks = []
+    for i in range(len(phones)):
+        due = start + i / rps
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(fire(i, due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    while not idle.empty():
+        _r, w = idle.get_nowait()
+        w.close()
+    return lat, errors, elapsed
+
+
+def _store(backend: str):
+    """A fresh store URL on ``backend`` and a clean-up function."""
+    if backend == "postgresql":
+        schema = f"bench_api_{uuid.uuid4().hex[:10]}"
+        admin = sa.create_engine(PG_URL)
+        with admin.begin() as c:
+            c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+
+        def drop() -> None:
+            with admin.begin() as c:
+                c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+            admin.dispose()
+
+        return f"{PG_URL}?options=-csearch_path%3D{schema}", drop
+    tmp = tempfile.TemporaryDirectory(prefix="api_bench_")
+    return f"sqlite:///{tmp.name}/store.db", tmp.cleanup
+
+
+def run_size(backend: str, n: int, *, requests: int, rps: int, seconds: float) -> dict[str, Any]:
+    from api import keys
+    from identity.store import dispose_engines, get_engine
+
+    url, cleanup = _store(backend)
+    try:
+        engine = get_engine(url)
+        t = time.perf_counter()
+        heavy = seed(engine, n)
+        seeded = time.perf_counter() - t
+        key = keys.create_key("bench", ["lookup", "profile:read", "pii:read"], engine=engine)
+        res: dict[str, Any] = {"golden_records": n, "seed_s": round(seeded, 1)}
+        res["in_process"] = _in_process(engine, key, n, heavy, requests)
+        res["loopback_lookup"] = _loopback(url, key, n, rps, seconds)
+        return res
+    finally:
+        dispose_engines()
+        cleanup()
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    backend = "postgresql" if _pg_ok() else "sqlite"
+    env_sizes = os.environ.get("OMNISYNC_BENCH_API_SIZES")
+    sizes = [int(x) for x in env_sizes.split(",")] if env_sizes else ([1_000, 10_000] if quick else [10_000, 100_000])
+    rps = int(os.environ.get("OMNISYNC_BENCH_API_RPS", "500"))
+    requests, seconds = (200, 2.0) if quick else (1_000, 10.0)
+    print(f"store: {backend}; sizes {', '.join(f'{s:,}' for s in sizes)}; loopback at {rps} lookups/s for {seconds:.0f} s")
+    runs = [run_size(backend, n, requests=requests, rps=rps, seconds=seconds) for n in sizes]
+    print(f"{'golden':>10} {'seed s':>7} | {'lookup p50/p99':>15} {'profile p50/p99':>16} {'timeline p50/p99':>17}"
+          f" | {'loopback p50/p99 ms':>20} {'rps':>6} {'err':>4} {'srv cpu ms':>10}")
+    for r in runs:
+        ip, lb = r["in_process"], r["loopback_lookup"]
+        print(f"{r['golden_records']:>10,} {r['seed_s']:>7.1f} | "
+              f"{ip['lookup']['p50_ms']:>6.2f}/{ip['lookup']['p99_ms']:<8.2f} "
+              f"{ip['profile']['p50_ms']:>6.2f}/{ip['profile']['p99_ms']:<9.2f} "
+              f"{ip['timeline']['p50_ms']:>6.2f}/{ip['timeline']['p99_ms']:<10.2f} | "
+              f"{lb['p50_ms']:>9.2f}/{lb['p99_ms']:<10.2f} {lb['achieved_rps']:>6.0f} {lb['errors']:>4} "
+              f"{lb['server_cpu_ms_per_request'] or float('nan'):>10.2f}")
+    small, big = runs[0], runs[-1]
+    growth = {name: round(big["in_process"][name]["p99_ms"] / max(small["in_process"][name]["p99_ms"], 1e-6), 2)
+              for name in ("lookup", "profile", "timeline")}
+    growth["loopback_lookup"] = round(big["loopback_lookup"]["p99_ms"] / max(small["loopback_lookup"]["p99_ms"], 1e-6), 2)
+    factor = big["golden_records"] / small["golden_records"]
+    print(f"p99 growth with {factor:.0f}x data: " + ", ".join(f"{k} x{v}" for k, v in growth.items()))
+    target = big["loopback_lookup"]["p99_ms"] < 10 and big["loopback_lookup"]["errors"] == 0
+    print(f"target (p99 < 10 ms at {rps}/s on {backend}, {big['golden_records']:,} records): "
+          f"{'met' if target else 'NOT met'}")
+    return {"backend": backend, "runs": runs, "growth_p99": growth, "target_met": target}
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)
