@@ -64,6 +64,8 @@ HINTS = {
     "INVALID_EMAIL_ADDRESS": "fix the golden email (it is not a valid address)",
     "REQUIRED_FIELD_MISSING": "the mapping must write the required field named",
     "DUPLICATE_VALUE": "another Salesforce record already holds this external id; link or merge them",
+    "DUPLICATE_EXTERNAL_ID": "several Salesforce records carry this golden id (linked duplicates): write each by "
+                             "its Id",
     "ENTITY_IS_DELETED": "the record was deleted or merged in Salesforce; sync it again, then re-run the push",
     "INVALID_CROSS_REFERENCE_KEY": "the related record (WhoId) does not exist; sync contacts, then re-run the push",
     "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST": "the value is not in the picklist: fix the vocabulary in "

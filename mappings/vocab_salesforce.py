@@ -29,19 +29,17 @@ def _task_channel(v: Any) -> str | None:
     return channel
 
 
-def _task_direction(task: Any) -> str | None:
-    """Calls carry CallType. An Email Task is mail a rep sent from Salesforce (incoming mail arrives
-    through Email-to-Case, not as Tasks), so it is outbound."""
-    if not isinstance(task, dict):
-        return None
-    call_type = str(task.get("CallType") or "").strip().lower()
-    if call_type in _CALL_TYPES:
-        return _CALL_TYPES[call_type]
-    if call_type == "internal":
-        raise ValueError("internal calls (between employees) are not customer interactions")
-    if str(task.get("TaskSubtype") or "").lower() == "email":
+def _call_type(v: Any) -> str:
+    """Task.CallType. A Task without one is an activity the rep logged themselves (an Email Task is
+    mail they sent: incoming mail arrives through Email-to-Case, not as Tasks), so it is outbound."""
+    if v in (None, ""):
         return "outbound"
-    raise ValueError("a call Task needs CallType Inbound or Outbound")
+    kind = str(v).strip().lower()
+    if kind == "internal":
+        raise ValueError("internal calls (between employees) are not customer interactions")
+    if kind not in _CALL_TYPES:
+        raise ValueError(f"unknown CallType {str(v)[:20]!r}; expected Inbound or Outbound")
+    return _CALL_TYPES[kind]
 
 
 def _disposition(v: Any) -> str | None:
@@ -69,6 +67,6 @@ def _country(v: Any) -> str | None:
 
 
 register("salesforce_task_channel", _task_channel, lambda v: None if v is None else _SUBTYPE_OUT.get(v, "Task"))
-register("salesforce_task_direction", _task_direction)
+register("salesforce_call_type", _call_type, lambda v: None if v is None else str(v).capitalize())
 register("salesforce_call_disposition", _disposition, _disposition_out)
 register("salesforce_country", _country, lambda v: v)

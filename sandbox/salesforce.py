@@ -18,7 +18,9 @@ Vendor behaviour reproduced on purpose (specs/README.md, "Salesforce"):
   and expired locators answer ``INVALID_QUERY_LOCATOR``.
 * sObject Collections: create (``POST``), update (``PATCH``), upsert on an external-id field
   (``PATCH /composite/sobjects/{SObject}/{Field}``) and delete, at most 200 records a call, per-record
-  results ``{"id","success","errors","created"}``, ``allOrNone`` honoured.
+  results ``{"id","success","errors","created"}``, ``allOrNone`` honoured. ``Omnisync_Golden_Id__c``
+  is an external id without the Unique attribute (linked duplicates share it; an upsert matching
+  several records fails with ``DUPLICATE_EXTERNAL_ID``); ``Omnisync_Interaction_Id__c`` is unique.
 * ``GET /sobjects/{SObject}/deleted/?start=&end=`` (at most 15 days back), ``GET /limits/``.
 * ``Sforce-Limit-Info: api-usage=used/total`` on every response; 403 ``REQUEST_LIMIT_EXCEEDED`` once
   the daily allocation is spent; 401 ``INVALID_SESSION_ID``; errors as ``[{"message","errorCode"}]``.
@@ -95,6 +97,9 @@ PICKLISTS = {("Task", "TaskSubtype"): ("Call", "Email", "Task"),
                                   "Closed - Not Converted")}
 EXTERNAL_IDS = {"Contact": ("Omnisync_Golden_Id__c",), "Lead": ("Omnisync_Golden_Id__c",),
                 "Task": ("Omnisync_Interaction_Id__c",)}
+# External-id fields marked Unique. The golden id is not: duplicates that sales keeps apart in the
+# CRM are linked to one golden record, so several contacts carry the same golden id.
+UNIQUE = {"Task": ("Omnisync_Interaction_Id__c",)}
 PREFIX = {"Contact": "003", "Lead": "00Q", "Task": "00T"}
 SALT = {"Contact": 11, "Lead": 23, "Task": 37}
 DISPOSITIONS = ("Connected", "Left voicemail", "No answer", "Busy")
@@ -199,10 +204,13 @@ class Table:
         if old is None:
             old = self.get(rec.num)
         for fname, idx in self.ext.items():
-            if old is not None and old.fields.get(fname) and idx.get(old.fields[fname]) == rec.num:
-                del idx[old.fields[fname]]
+            if old is not None and old.fields.get(fname):
+                holders = idx.get(old.fields[fname], set())
+                holders.discard(rec.num)
+                if not holders:
+                    idx.pop(old.fields[fname], None)
             if not rec.deleted and rec.fields.get(fname):
-                idx[rec.fields[fname]] = rec.num
+                idx.setdefault(rec.fields[fname], set()).add(rec.num)
         self.over[rec.num] = rec
         if fresh:
             bisect.insort(self.delta, (rec.ts, rec.num))
@@ -215,14 +223,15 @@ class Table:
         current = (e for e in itertools_slice(self.delta, dstart) if self.over[e[1]].ts == e[0])
         return heapq.merge(base, current)
 
-    def external_index(self, fname: str) -> dict[str, int]:
+    def external_index(self, fname: str) -> dict[str, set[int]]:
+        """value -> live records holding it, built on first use (one pass over the seed)."""
         idx = self.ext.get(fname)
         if idx is None:
             idx = {}
             for _, num in self.by_ts(None):
                 rec = self.get(num)
                 if rec is not None and not rec.deleted and rec.fields.get(fname):
-                    idx[rec.fields[fname]] = num
+                    idx.setdefault(rec.fields[fname], set()).add(num)
             self.ext[fname] = idx
         return idx
 
@@ -877,13 +886,13 @@ class SalesforceSandbox(Sandbox):
 
     def _unique(self, sobject: str, values: dict[str, Any], num: int | None) -> None:
         t = self.tables[sobject]
-        for f in EXTERNAL_IDS[sobject]:
+        for f in UNIQUE.get(sobject, ()):
             v = values.get(f)
             if v:
-                holder = t.external_index(f).get(v)
-                if holder is not None and holder != num:
+                others = t.external_index(f).get(v, set()) - {num}
+                if others:
                     raise ApiError(400, "DUPLICATE_VALUE", f"duplicate value found: {f} duplicates value on record "
-                                   f"with id: {sf_id(sobject, holder)}", [f])
+                                   f"with id: {sf_id(sobject, min(others))}", [f])
 
     def create(self, sobject: str, values: dict[str, Any]) -> Rec:
         t = self.tables[sobject]
@@ -973,7 +982,8 @@ class SalesforceSandbox(Sandbox):
             if ext_field not in EXTERNAL_IDS[sobject_path]:
                 raise ApiError(404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: "
                                f"{ext_field}")
-        snapshot = {name: (dict(t.over), list(t.delta), t.next_num, {k: dict(v) for k, v in t.ext.items()})
+        snapshot = {name: (dict(t.over), list(t.delta), t.next_num,
+                           {k: {v: set(n) for v, n in idx.items()} for k, idx in t.ext.items()})
                     for name, t in self.tables.items()} if all_or_none else None
         results = []
         for rec in records:
@@ -1017,7 +1027,11 @@ class SalesforceSandbox(Sandbox):
         key = rec.get(ext_field)
         if not key:
             raise ApiError(400, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{ext_field}]", [ext_field])
-        holder = self.tables[sobject].external_index(ext_field).get(str(key))
+        holders = sorted(self.tables[sobject].external_index(ext_field).get(str(key), ()))
+        if len(holders) > 1:
+            raise ApiError(300, "DUPLICATE_EXTERNAL_ID", f"{ext_field}: more than one record found for external id "
+                           f"field: [{', '.join(sf_id(sobject, h) for h in holders)}]", [ext_field])
+        holder = holders[0] if holders else None
         if holder is None:
             made = self.create(sobject, rec)
             return {"id": sf_id(sobject, made.num), "success": True, "errors": [], "created": True}

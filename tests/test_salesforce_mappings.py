@@ -60,6 +60,8 @@ def test_a_call_task_is_a_voice_interaction_of_its_contact():
     assert it.started_at == datetime(2026, 11, 4, 9, 30, tzinfo=timezone.utc)
     inbound = m.inbound(record("tasks", "task_call.json", CallType="Inbound"))
     assert inbound.direction.value == "inbound"
+    logged = m.inbound(record("tasks", "task_call.json", CallType=None))
+    assert logged.direction.value == "outbound", "a call the rep logged without a type is theirs"
 
 
 def test_an_email_task_is_an_outbound_email():
@@ -69,7 +71,7 @@ def test_an_email_task_is_an_outbound_email():
 
 
 @pytest.mark.parametrize("changes, field", [({"CallType": "Internal"}, "direction"),
-                                            ({"CallType": None}, "direction"),
+                                            ({"CallType": "Conference"}, "direction"),
                                             ({"TaskSubtype": "Task"}, "channel")])
 def test_tasks_that_are_not_customer_contacts_are_rejected_naming_the_field(changes, field):
     (m,) = mappings_for("salesforce", "tasks")
@@ -85,10 +87,10 @@ def test_outbound_payloads_use_salesforce_field_names_and_picklist_spelling():
     assert contact == {"FirstName": "Amara", "Email": "a.okafor@northwind.example", "MobilePhone": "+14155550142",
                        "HasOptedOutOfEmail": True, "DoNotCall": False, "Omnisync_Golden_Id__c": "G-1"}
     tasks = load_mapping("salesforce", "tasks")
-    call = tasks.outbound({"channel": "voice", "disposition": "left_voicemail", "subject": "Zoom call",
-                           "interaction_key": "zoom:42"})
-    assert call == {"TaskSubtype": "Call", "CallDisposition": "Left voicemail", "Subject": "Zoom call",
-                    "Omnisync_Interaction_Id__c": "zoom:42"}
+    call = tasks.outbound({"channel": "voice", "direction": "inbound", "disposition": "left_voicemail",
+                           "subject": "Zoom call", "interaction_key": "zoom:42"})
+    assert call == {"TaskSubtype": "Call", "CallType": "Inbound", "CallDisposition": "Left voicemail",
+                    "Subject": "Zoom call", "Omnisync_Interaction_Id__c": "zoom:42"}
     assert tasks.outbound({"channel": "sms", "interaction_key": "twilio:SM1"})["TaskSubtype"] == "Task"
 
 

@@ -180,6 +180,20 @@ def test_collections_upsert_reports_per_record_and_caps_at_200(served):
     assert too_many.status_code == 400 and too_many.json()[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
 
 
+def test_the_golden_id_may_repeat_but_an_upsert_on_it_must_find_one_record(served):
+    sb = SalesforceSandbox(size=50)
+    http = served(sb)
+    for n in (3, 4):  # two duplicates sales keeps apart, linked to one golden record
+        sb.update("Contact", n, {"Omnisync_Golden_Id__c": "G-dup"})
+    out = http.patch(f"{V}/composite/sobjects/Contact/Omnisync_Golden_Id__c", json={"records": [
+        {"attributes": {"type": "Contact"}, "Omnisync_Golden_Id__c": "G-dup", "Title": "CFO"}]}).json()
+    assert out[0]["success"] is False and out[0]["errors"][0]["statusCode"] == "DUPLICATE_EXTERNAL_ID"
+    task = {"attributes": {"type": "Task"}, "Subject": "x", "Omnisync_Interaction_Id__c": "zoom:1"}
+    http.post(f"{V}/composite/sobjects", json={"records": [task]}).raise_for_status()
+    again = http.post(f"{V}/composite/sobjects", json={"records": [task]}).json()
+    assert again[0]["errors"][0]["statusCode"] == "DUPLICATE_VALUE", "the interaction id is unique"
+
+
 def test_all_or_none_rolls_every_record_back(served):
     sb = SalesforceSandbox(size=50)
     http = served(sb)
