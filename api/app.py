@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -379,15 +381,19 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
                                                    "or X-API-Key)" if not secret else "the API key is unknown "
                                                    "or revoked", page=cookie)
             if not principal.has(scope):
-                raise Problem(403, "Forbidden", f"key {principal.name!r} lacks the {scope!r} scope", scope=scope)
+                raise Problem(403, "Forbidden", f"key {principal.name!r} lacks the {scope!r} scope", scope=scope,
+                              page=cookie)
             return principal
         return dep
 
     @app.exception_handler(Problem)
     async def _on_problem(request: Request, exc: Problem) -> Response:
         extra = dict(exc.extra)
-        if extra.pop("page", False) and exc.status == 401:
-            return RedirectResponse(f"/360/login?next={_safe_next(request.url.path)}", status_code=303)
+        if extra.pop("page", False):
+            if exc.status == 401:
+                return RedirectResponse(f"/360/login?next={_safe_next(request.url.path)}", status_code=303)
+            return _html("login.html", status=exc.status, next=_safe_next(request.url.path),
+                         error=f"{exc.detail}. Sign in with a key that has it.")
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         if exc.status >= 500:
             log.error("api problem %s: %s", exc.title, exc.detail)
@@ -411,11 +417,16 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
         return _problem(500, "Internal error", "the server failed to answer; the error is logged")
 
     try:
-        from api.webhooks import router as webhook_router  # written separately; may land later
+        from api import webhooks  # written separately; the API stands without it
     except ImportError:
-        webhook_router = None
-    if webhook_router is not None:
-        app.include_router(webhook_router)
+        webhooks = None  # type: ignore[assignment]
+    if webhooks is not None:
+        app.include_router(webhooks.router)
+        if isinstance(engine_or_url, (Engine, str)):
+            # events go to the store this app serves, not the one the settings name
+            base = webhooks.webhook_config()
+            cfg = dataclasses.replace(base, engine=lambda: engine)
+            app.dependency_overrides[webhooks.webhook_config] = lambda: cfg
 
     # --- health ---------------------------------------------------------------------------------
 
@@ -571,6 +582,9 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
     @app.get("/360/login", tags=["customer 360"], response_class=HTMLResponse,
              summary="Sign the browser in with an API key (stored in an HttpOnly cookie)")
     def login(key: str | None = None, next: str = "/360", s: Session = Depends(get_session)) -> Response:
+        return _login(s, key, next)
+
+    def _login(s: Session, key: str | None, next: str) -> Response:
         target = _safe_next(next)
         if not key:
             return _html("login.html", next=target, error=None)
@@ -581,6 +595,15 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
         resp = RedirectResponse(target, status_code=303)
         resp.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", path="/360", max_age=8 * 3600)
         return resp
+
+    @app.post("/360/login", tags=["customer 360"], response_class=HTMLResponse,
+              summary="Sign in from the form (the key travels in the body, not the URL)")
+    async def login_form(request: Request) -> Response:
+        form = parse_qs((await request.body())[:4096].decode("utf-8", "replace"))
+        key = (form.get("key") or [""])[0]
+        target = (form.get("next") or ["/360"])[0]
+        with Session(engine) as s:
+            return _login(s, key, target)
 
     @app.get("/360/logout", tags=["customer 360"], include_in_schema=False)
     def logout() -> Response:

@@ -109,6 +109,20 @@ def test_channel_filter_and_paging_links(site):
     assert site.get(f"/360/{AMARA}", params={"cursor": "nonsense"}).status_code == 400
 
 
+def test_the_form_signs_in_with_the_key_in_the_body(site):
+    r = site.post("/360/login", data={"key": site.full, "next": f"/360/{AMARA}"})
+    assert r.status_code == 303 and r.headers["location"] == f"/360/{AMARA}" and "omnisync_key=" in r.headers["set-cookie"]
+    assert site.get(f"/360/{AMARA}").status_code == 200
+    bad = site.post("/360/login", data={"key": "wrong"})
+    assert bad.status_code == 401 and "set-cookie" not in bad.headers
+
+
+def test_a_key_without_profile_read_gets_a_page_saying_so(site):
+    r = site.get(f"/360/{AMARA}", headers={"X-API-Key": site.ivr})
+    assert r.status_code == 403 and r.headers["content-type"].startswith("text/html")
+    assert "lacks the &#39;profile:read&#39; scope" in r.text
+
+
 def test_header_key_also_opens_the_page_and_logout_clears_the_cookie(site):
     assert site.get(f"/360/{AMARA}", headers={"X-API-Key": site.full}).status_code == 200
     login(site, site.full)

@@ -312,3 +312,12 @@ def test_openapi_documents_every_endpoint(api):
     for p in ("/v1/lookup", "/v1/profiles/{golden_id}", "/v1/profiles/{golden_id}/timeline", "/v1/changes",
               "/v1/analytics/journeys", "/v1/analytics/wfm.csv", "/health", "/360/{golden_id}"):
         assert p in paths
+
+
+def test_webhook_receiver_is_mounted_on_the_same_store_when_present(api):
+    webhooks = pytest.importorskip("api.webhooks")
+    assert {"/webhooks/hubspot", "/webhooks/zoom"} <= set(api.get("/openapi.json").json()["paths"])
+    cfg = api.app.dependency_overrides[webhooks.webhook_config]()
+    assert cfg.get_engine() is api.engine
+    r = api.post("/webhooks/zoom", content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code in (401, 503)  # unsigned (or no secret configured): refused, nothing stored
