@@ -25,9 +25,8 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
-from identity.matching import Entity, KeyStats, Scorer, blocking_keys, default_scorer, key_kind
+from identity.matching import Entity, KeyStats, Scorer, blocking_keys, default_scorer, key_kind, value_keys
 
 __all__ = ["MemoryIndex", "Resolution", "block", "candidate_pairs", "no_gc", "resolve"]
 
@@ -52,10 +51,14 @@ class Resolution:
 
 def block(entities: Sequence[Entity], scorer: Scorer) -> tuple[dict[str, list[int]], KeyStats]:
     """``key -> members`` for every usable block, and the key statistics (records per identifier
-    key for the limits; keys whose holders' first names conflict)."""
+    key for the limits; keys whose holders' first names conflict; name and postcode frequencies)."""
     blocks: dict[str, list[int]] = {}
     get = blocks.get
+    freq: dict[str, int] = {}
+    fget = freq.get
     for i, e in enumerate(entities):
+        for k in value_keys(e):
+            freq[k] = fget(k, 0) + 1
         for k in blocking_keys(e):
             members = get(k)
             if members is None:
@@ -84,7 +87,7 @@ def block(entities: Sequence[Entity], scorer: Scorer) -> tuple[dict[str, list[in
             continue
         if n > 1:
             usable[k] = members
-    return usable, KeyStats(counts, mixed)
+    return usable, KeyStats(counts, mixed, freq, len(entities))
 
 
 def candidate_pairs(blocks: dict[str, list[int]]) -> list[int]:
@@ -221,6 +224,7 @@ class MemoryIndex:
         self.blocks: dict[str, list[int]] = {}
         self.counts: dict[str, int] = {}
         self.mixed: set[str] = set()
+        self.freq: dict[str, int] = {}
         for i, e in enumerate(self.entities):
             self._add(i, e)
 
@@ -237,6 +241,8 @@ class MemoryIndex:
                    for m in self.blocks.get(k, ()))
 
     def _add(self, i: int, e: Entity) -> None:
+        for k in value_keys(e):
+            self.freq[k] = self.freq.get(k, 0) + 1
         for k in blocking_keys(e):
             if key_kind(k) is not None:
                 self.counts[k] = self.counts.get(k, 0) + 1
@@ -250,9 +256,11 @@ class MemoryIndex:
         self._add(i, e)
         return i
 
-    def candidates(self, e: Entity) -> list[int]:
+    def candidates(self, e: Entity, *, stored: bool = False) -> list[int]:
+        """Indexes sharing a usable block with ``e`` (``stored``: e is already in the index)."""
         cap = self.scorer.max_block_size
         limits = self.scorer.rules.max_records_per_key
+        extra = 0 if stored else 1  # a new record would join each block it looks in
         out: dict[int, None] = {}
         for k in blocking_keys(e):
             members = self.blocks.get(k)
@@ -261,32 +269,57 @@ class MemoryIndex:
             kind = key_kind(k)
             if kind is not None:
                 limit = limits.get(kind.split(":", 1)[0])
-                if limit is not None and len(members) >= limit:  # with e itself it would exceed
+                if limit is not None and len(members) + extra > limit:
                     continue
-            elif len(members) >= cap:
+            elif len(members) + extra > cap:
                 continue
             for m in members:
                 out[m] = None
         return list(out)
 
-    def match(self, e: Entity) -> list[tuple[int, float]]:
-        """Indexes of the entities ``e`` matches, strongest first, with their weights."""
-        counts = self.counts
-        extra: dict[str, int] = {}
-        mixed: set[str] = set()
-        for _, k in e.keys():  # e's own keys count too, as if it were stored
-            extra[k] = counts.get(k, 0) + 1
-            if k in self.mixed or self._mixes(k, e):
-                mixed.add(k)
-        stats = KeyStats(_Overlay(counts, extra), mixed)
+    def match(self, e: Entity, *, stored: bool = False) -> list[tuple[int, float]]:
+        """Indexes of the entities ``e`` matches, strongest first, with their weights.
+
+        A new record is scored as if it were stored (its own keys and names counted once more);
+        ``stored=True`` scores an entity already in the index against the others, which gives
+        exactly the decisions batch resolution of the indexed population makes.
+        """
+        if stored:
+            stats = KeyStats(self.counts, self.mixed, self.freq, len(self.entities))
+        else:
+            extra: dict[str, int] = {}
+            mixed: set[str] = set()
+            for _, k in e.keys():
+                extra[k] = self.counts.get(k, 0) + 1
+                if k in self.mixed or self._mixes(k, e):
+                    mixed.add(k)
+            for k in value_keys(e):
+                extra[k] = self.freq.get(k, 0) + 1
+            stats = KeyStats(_Overlay(self.counts, extra), _Union(self.mixed, mixed),
+                             _Overlay(self.freq, extra), len(self.entities) + 1)
         weigh = self.scorer.weigh
         hits = []
-        for i in self.candidates(e):
-            ok, w, _ = weigh(e, self.entities[i], stats)
+        for i in self.candidates(e, stored=stored):
+            other = self.entities[i]
+            if other is e:
+                continue
+            ok, w, _ = weigh(e, other, stats)
             if ok:
                 hits.append((i, w))
         hits.sort(key=lambda t: -t[1])
         return hits
+
+
+class _Union:
+    """Membership in either of two sets, without copying the big one."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: set[str], b: set[str]):
+        self.a, self.b = a, b
+
+    def __contains__(self, k: object) -> bool:
+        return k in self.b or k in self.a
 
 
 class _Overlay:

@@ -56,6 +56,7 @@ __all__ = [
     "Entity",
     "FieldError",
     "KeyStats",
+    "value_keys",
     "RowReader",
     "Scorer",
     "blocking_keys",
@@ -432,6 +433,23 @@ class KeyStats:
 
     counts: Mapping[str, int] = field(default_factory=dict)
     mixed: Container[str] = field(default_factory=frozenset)
+    # Term frequencies: records per first name ("f|ann"), last name ("l|lee") and postcode
+    # ("z|94110"), out of `population`. An exact agreement on a common value is weaker evidence
+    # than on a rare one (two James Smiths in a city of thousands); see Scorer._tf.
+    freq: Mapping[str, int] = field(default_factory=dict)
+    population: int = 0
+
+
+def value_keys(e: "Entity") -> list[str]:
+    """The term-frequency keys of an entity (see :attr:`KeyStats.freq`)."""
+    out = []
+    if e.first:
+        out.append("f|" + e.first)
+    if e.last:
+        out.append("l|" + e.last)
+    if e.postcode:
+        out.append("z|" + e.postcode)
+    return out
 
 
 @dataclass(frozen=True)
@@ -480,6 +498,18 @@ class Scorer:
         self._nick = self.rules.nickname_groups
         self._limits = self.rules.max_records_per_key
         self._name_cache: dict[tuple[str, str], str] = {}
+        self._m_first_exact = float(c["first_name"]["exact"]["m"])
+        self._m_last_exact = float(c["last_name"]["exact"]["m"])
+        self._m_postcode = float(c["address"]["postcode"]["m"])
+
+    @staticmethod
+    def _tf(stats: KeyStats, key: str, m: float, default: float) -> float:
+        # Term-frequency u: the share of records carrying the value. Only ever lowers the weight:
+        # a rare name is no reason to merge on a name alone.
+        n = stats.freq.get(key, 0)
+        if n <= 1:
+            return default
+        return min(default, math.log2(m * stats.population / n))
 
     # A level for two non-empty, folded names: exact, nickname, typo, similar or different.
     def _name_level(self, a: str, b: str) -> str:
@@ -546,16 +576,23 @@ class Scorer:
                 ev["phone"] = lvl
         veto = None
         first_lvl = None
+        tf = stats is not None and stats.population > 0
         if a.first and b.first:
             first_lvl = self._name_level(a.first, b.first)
-            weight += self._wf[first_lvl]
+            if first_lvl == "exact" and tf:
+                weight += self._tf(stats, "f|" + a.first, self._m_first_exact, self._wf["exact"])
+            else:
+                weight += self._wf[first_lvl]
             if ev is not None:
                 ev["first_name"] = first_lvl
             if first_lvl == "different":
                 veto = "first names conflict"
         if a.last and b.last:
             lvl = self._name_level(a.last, b.last)
-            weight += self._wl[lvl]
+            if lvl == "exact" and tf:
+                weight += self._tf(stats, "l|" + a.last, self._m_last_exact, self._wl["exact"])
+            else:
+                weight += self._wl[lvl]
             if ev is not None:
                 ev["last_name"] = lvl
             if lvl == "different" and first_lvl is None:
@@ -586,7 +623,10 @@ class Scorer:
         else:
             lvl = None
         if lvl is not None:
-            weight += self._wa[lvl]
+            if lvl == "postcode" and tf:
+                weight += self._tf(stats, "z|" + a.postcode, self._m_postcode, self._wa["postcode"])
+            else:
+                weight += self._wa[lvl]
             if ev is not None:
                 ev["address"] = lvl
         # Last name, address and a mixed key are a household's, not a person's: without a first

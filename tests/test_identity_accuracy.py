@@ -96,16 +96,37 @@ def test_clusters_hold_no_conflicting_first_names_or_birth_dates(world):
             dobs[res.labels[i]].add(e.dob)
         if e.first:
             firsts[res.labels[i]].add(e.first)
-    for label, names in firsts.items():
-        for x in names:  # every name has a compatible partner in its cluster
-            assert len(names) == 1 or any(not scorer.firsts_conflict(x, y) for y in names if y != x), label
+    assert any(len(v) > 1 for v in firsts.values()) and any(len(v) > 1 for v in dobs.values())
+    # every name (birth date) of a cluster has a compatible partner in it: a nickname, a typo
+    for values, conflict in ((firsts, scorer.firsts_conflict), (dobs, scorer.dobs_conflict)):
+        for label, vs in values.items():
+            for x in vs:
+                assert len(vs) == 1 or any(not conflict(x, y) for y in vs if y != x), label
 
 
-def test_memory_index_resolves_each_record_like_the_batch(world):
+def test_memory_index_gives_each_record_the_batch_decisions(world):
     _, entities, scorer, res, _ = world
-    idx = MemoryIndex(entities[:-500], scorer)
-    for k, e in enumerate(entities[-500:]):
-        i = len(entities) - 500 + k
-        for j, _ in idx.match(e):
-            pair = (min(i, j), max(i, j))
-            assert res.decisions.get(pair) is True
+    idx = MemoryIndex(entities, scorer)
+    matched = defaultdict(set)
+    for (a, b), ok in res.decisions.items():
+        if ok:
+            matched[a].add(b)
+            matched[b].add(a)
+    probes = range(0, len(entities), 20)
+    for i in probes:
+        assert {j for j, _ in idx.match(entities[i], stored=True)} == matched[i], entities[i]
+    assert sum(len(matched[i]) for i in probes) > 300
+
+
+def test_memory_index_matches_a_new_record_to_its_person(world):
+    rows, entities, scorer, _, _ = world
+    stored = len(entities) - 500
+    idx = MemoryIndex(entities[:stored], scorer)
+    right = wrong = 0
+    for i in range(stored, len(entities)):
+        for j, _ in idx.match(entities[i]):
+            if rows[j]["person_id"] == rows[i]["person_id"]:
+                right += 1
+            else:
+                wrong += 1
+    assert right > 200 and wrong <= right // 100, (right, wrong)
