@@ -58,7 +58,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -76,6 +76,9 @@ REPLAY_WINDOW_S = 300
 SECRET_FIELDS = {"hubspot": "client_secret", "zoom": "webhook_secret", "twilio": "auth_token",
                  "sendgrid": "webhook_public_key"}
 _MAX_TS_MS = 4_102_444_800_000  # 2100-01-01: anything later is not a real event time
+# Twilio reads the answer to an inbound message as TwiML: an empty <Response/> means "no reply"
+# (anything else is logged as error 12300 in the account's debugger).
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
 class Rejected(Exception):
@@ -424,8 +427,11 @@ async def _receive(vendor: str, request: Request, cfg: WebhookConfig) -> JSONRes
             cfg.emit(vendor, result.stored)
         except Exception:  # the events are stored: the next drain takes them without the trigger
             log.warning("webhook %s: could not emit omnisync.webhook.received", vendor, exc_info=True)
-    return JSONResponse({"vendor": vendor, "received": len(parsed), "stored": result.stored,
-                         "duplicates": result.duplicates})
+    outcome = {"vendor": vendor, "received": len(parsed), "stored": result.stored, "duplicates": result.duplicates}
+    if vendor == "twilio":
+        return Response(TWIML_EMPTY, media_type="text/xml",
+                        headers={f"X-Omnisync-{k.title()}": str(v) for k, v in outcome.items()})
+    return JSONResponse(outcome)
 
 
 @router.post("/hubspot", summary="HubSpot webhooks v3 (signed)")

@@ -65,13 +65,22 @@ def post(client, vendor, body, headers):
     return client.post(f"/webhooks/{vendor}", content=body, headers=headers)
 
 
+def outcome(resp) -> dict:
+    """The receiver's counts: JSON, except for Twilio, which is answered in TwiML with the counts in headers."""
+    if resp.headers["content-type"].startswith("text/xml"):
+        assert resp.text.endswith("<Response/>")
+        return {k: (resp.headers[f"x-omnisync-{k}"] if k == "vendor" else int(resp.headers[f"x-omnisync-{k}"]))
+                for k in ("vendor", "received", "stored", "duplicates")}
+    return resp.json()
+
+
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_a_correctly_signed_post_is_stored_before_the_answer_and_triggers_the_drain(setup, signers, vendor):
     client, _, emitted = setup
     resp = post(client, vendor, *signers.sign(vendor, sample(vendor)))
     assert resp.status_code == 200, resp.text
     n = EXPECTED_EVENTS[vendor]
-    assert resp.json() == {"vendor": vendor, "received": n, "stored": n, "duplicates": 0}
+    assert outcome(resp) == {"vendor": vendor, "received": n, "stored": n, "duplicates": 0}
     rows = stored(vendor)
     assert len(rows) == n and all(r.processed_at is None for r in rows)
     assert emitted == [(vendor, n)]
@@ -155,8 +164,8 @@ def test_a_redelivered_post_is_acknowledged_and_not_stored_twice(setup, signers,
     first = post(client, vendor, *signers.sign(vendor, sample(vendor)))
     again = post(client, vendor, *signers.sign(vendor, sample(vendor), **({} if vendor == "twilio" else {"ts": NOW + 5})))
     n = EXPECTED_EVENTS[vendor]
-    assert first.json()["stored"] == n
-    assert again.status_code == 200 and again.json() == {"vendor": vendor, "received": n, "stored": 0, "duplicates": n}
+    assert outcome(first)["stored"] == n
+    assert again.status_code == 200 and outcome(again) == {"vendor": vendor, "received": n, "stored": 0, "duplicates": n}
     assert len(stored(vendor)) == n
     assert emitted == [(vendor, n)], "nothing new: no second trigger"
 
@@ -176,7 +185,7 @@ def test_a_twilio_status_callback_for_the_same_message_is_a_new_event(setup, sig
     post(client, "twilio", *signers.twilio(form))
     callback = {"MessageSid": form["MessageSid"], "MessageStatus": "delivered", "AccountSid": form["AccountSid"],
                 "From": form["To"], "To": form["From"]}
-    assert post(client, "twilio", *signers.twilio(callback)).json()["stored"] == 1
+    assert outcome(post(client, "twilio", *signers.twilio(callback)))["stored"] == 1
     assert sorted(r.event_type for r in stored("twilio")) == ["message.delivered", "message.received"]
 
 
@@ -308,21 +317,23 @@ def test_secrets_come_from_the_typed_credentials_the_flows_use(monkeypatch, sign
 
 
 def test_the_default_emitter_sends_the_event_the_drain_deployment_listens_for(monkeypatch):
-    from prefect.events.clients import AssertingEventsClient
-    from prefect.events.worker import EventsWorker
+    import prefect.events
+    from prefect.events import Event
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from api.webhooks import emit_received
 
-    worker = EventsWorker.instance(AssertingEventsClient)
-    monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
-    try:
-        with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-            emit_received("sendgrid", 3)
-        worker.wait_until_empty()
-        (event,) = [e for e in AssertingEventsClient.last.events if e.event.startswith("omnisync.")]
-    finally:
-        worker.drain()
+    # Prefect's events worker is not started here (in a test process it would boot an ephemeral
+    # server); what is checked is that the call makes a valid Event the deployment trigger matches.
+    calls = []
+    monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: calls.append(kw))
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        emit_received("sendgrid", 3)
+    assert calls == [], "no Prefect API configured: nothing to emit to"
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        emit_received("sendgrid", 3)
+    (kw,) = calls
+    event = Event(**kw)
     assert event.event == "omnisync.webhook.received"
     assert event.resource.id == "omnisync.webhook.sendgrid" and event.payload == {"vendor": "sendgrid", "stored": 3}
     import yaml
