@@ -422,8 +422,9 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
         webhooks = None  # type: ignore[assignment]
     if webhooks is not None:
         app.include_router(webhooks.router)
-        if isinstance(engine_or_url, (Engine, str)):
-            # events go to the store this app serves, not the one the settings name
+        if not _is_settings_store(engine):
+            # Events go to the store this app serves, not the one the settings name. Only then: any
+            # dependency override makes FastAPI re-analyse every route's dependencies per request.
             base = webhooks.webhook_config()
             cfg = dataclasses.replace(base, engine=lambda: engine)
             app.dependency_overrides[webhooks.webhook_config] = lambda: cfg
@@ -691,6 +692,17 @@ def pushed_to(s: Session, golden_id: str, items: list[dict[str, Any]]) -> list[d
         w = _iso(r.written_at)
         t["last_written"] = max(filter(None, [t["last_written"], w]), default=None)
     return [{**t, "fields": sorted(t["fields"])} for _, t in sorted(out.items())]
+
+
+def _is_settings_store(engine: Engine) -> bool:
+    from sqlalchemy.engine import make_url
+
+    from omnisync.settings import get_settings
+
+    url = get_settings().resolved_database_url
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return engine.url.render_as_string(hide_password=False) == make_url(url).render_as_string(hide_password=False)
 
 
 def _safe_next(path: str) -> str:

@@ -6,7 +6,7 @@ each (email and phone), a few interactions each, and one customer with 1,000 int
 
 * in process (httpx over ASGI transport, no network): lookup by phone, profile, timeline page of 50
   for the 1,000-interaction customer; p50/p99 over random customers;
-* over loopback: the API in its own uvicorn process, an open-loop client sending lookups at a fixed
+* over loopback: the API in its own uvicorn process (``OMNISYNC_BENCH_API_WORKERS`` processes), an open-loop client sending lookups at a fixed
   rate (default 500/s, ``OMNISYNC_BENCH_API_RPS``); latency is measured from each request's scheduled
   send time, so a server falling behind shows up as queueing instead of being hidden.
 
@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -154,7 +153,8 @@ def _loopback(url: str, key: str, n: int, rps: int, seconds: float) -> dict[str,
     """Open-loop lookups at ``rps`` against a uvicorn process; latency from the scheduled send time."""
     port = _free_port()
     env = {**os.environ, "OMNISYNC_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
-    code = f"from api.server import serve; serve('127.0.0.1', {port})"
+    workers = int(os.environ.get("OMNISYNC_BENCH_API_WORKERS", "1"))
+    code = f"from api.server import serve; serve('127.0.0.1', {port}, workers={workers})"
     # the server's log goes to a file: a pipe nobody reads would fill and stall it
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -194,10 +194,14 @@ def _loopback(url: str, key: str, n: int, rps: int, seconds: float) -> dict[str,
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    """CPU time the server process has used so far (Linux), to report its cost per request."""
+    """CPU time the server process and its worker processes have used so far (Linux)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        total = 0
+        for p in pids:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
 
@@ -273,8 +277,10 @@ def _store(backend: str):
 def run_size(backend: str, n: int, *, requests: int, rps: int, seconds: float) -> dict[str, Any]:
     from api import keys
     from identity.store import dispose_engines, get_engine
+    from omnisync.settings import reset_settings
 
     url, cleanup = _store(backend)
+    saved = os.environ.get("OMNISYNC_DATABASE_URL")
     try:
         engine = get_engine(url)
         t = time.perf_counter()
@@ -282,10 +288,18 @@ def run_size(backend: str, n: int, *, requests: int, rps: int, seconds: float) -
         seeded = time.perf_counter() - t
         key = keys.create_key("bench", ["lookup", "profile:read", "pii:read"], engine=engine)
         res: dict[str, Any] = {"golden_records": n, "seed_s": round(seeded, 1)}
+        # the app's store is the settings' store, as under `omnisync api` (see api.app._is_settings_store)
+        os.environ["OMNISYNC_DATABASE_URL"] = url
+        reset_settings()
         res["in_process"] = _in_process(engine, key, n, heavy, requests)
         res["loopback_lookup"] = _loopback(url, key, n, rps, seconds)
         return res
     finally:
+        if saved is None:
+            os.environ.pop("OMNISYNC_DATABASE_URL", None)
+        else:
+            os.environ["OMNISYNC_DATABASE_URL"] = saved
+        reset_settings()
         dispose_engines()
         cleanup()
 

@@ -317,7 +317,14 @@ def test_openapi_documents_every_endpoint(api):
 def test_webhook_receiver_is_mounted_on_the_same_store_when_present(api):
     webhooks = pytest.importorskip("api.webhooks")
     assert {"/webhooks/hubspot", "/webhooks/zoom"} <= set(api.get("/openapi.json").json()["paths"])
-    cfg = api.app.dependency_overrides[webhooks.webhook_config]()
-    assert cfg.get_engine() is api.engine
+    # the fixture's store is the settings' store, so the receiver's default engine is already this one
+    assert webhooks.webhook_config().get_engine() is api.engine and not api.app.dependency_overrides
     r = api.post("/webhooks/zoom", content=b"{}", headers={"content-type": "application/json"})
     assert r.status_code in (401, 503)  # unsigned (or no secret configured): refused, nothing stored
+
+
+def test_an_app_on_another_store_sends_webhook_events_there(api, tmp_path):
+    webhooks = pytest.importorskip("api.webhooks")
+    other = get_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    app = create_app(other)
+    assert app.dependency_overrides[webhooks.webhook_config]().get_engine() is other
