@@ -64,6 +64,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from connectors.hubspot import verify_webhook
 from identity import webhook_intake as intake
 from identity.store import run_in_transaction
 from identity.webhook_intake import IncomingEvent
@@ -265,8 +266,8 @@ def hubspot(request: Request, body: bytes, secret: str, cfg: WebhookConfig) -> l
         raise Rejected(401, "missing X-HubSpot-Signature-v3 header")
     ts = _header_int(request, "x-hubspot-request-timestamp")
     _fresh(ts / 1000, cfg)
-    msg = b"POST" + _signed_url(request, cfg).encode() + body + str(ts).encode()
-    if not _hmac_ok(base64.b64encode(hmac.new(secret.encode(), msg, hashlib.sha256).digest()).decode(), signature):
+    if not verify_webhook(secret, "POST", _signed_url(request, cfg), body, signature, str(ts),
+                          now_ms=int(cfg.clock() * 1000), max_age_s=cfg.replay_window_s):
         raise Rejected(401, "X-HubSpot-Signature-v3 does not match")
     events = []
     for i, e in enumerate(_list_of_objects(_json(body), "events")):

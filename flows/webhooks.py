@@ -13,7 +13,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from identity.ingest import Counts, ingest_records
+from connectors.errors import ConnectorError
+from identity.ingest import Counts, dead_letter, ingest_records
 from identity.store import run_in_transaction
 
 TRIGGER_STREAMS = {("hubspot", "webhook_events"): ("hubspot", "contacts"),
@@ -30,17 +31,28 @@ def drain(engine: Engine, *, vendor: str | None = None, run_id: str | None = Non
     events = 0
     while True:
         def work(session):
+            dead = Counts()
             rows = intake.pending(session, vendor=vendor, limit=batch)
             records = []
             for row in rows:
-                for rec in intake.to_source_records(row):
+                try:
+                    converted = intake.to_source_records(row)
+                except (ValueError, KeyError, TypeError, ConnectorError) as e:
+                    # Verified and stored, yet unusable: set aside with a reason, never retried forever.
+                    dead_letter(session, system=row.vendor, stream="webhook", external_id=row.event_id[:128],
+                                stage="webhook", reason=f"webhook event {row.event_id}: {e}", payload=row.payload,
+                                run_id=run_id)
+                    dead.bump(row.vendor, "webhook", "read")  # so the run's counts still reconcile
+                    dead.bump(row.vendor, "webhook", "dead_lettered")
+                    continue
+                for rec in converted:
                     if (rec.system, rec.stream) in TRIGGER_STREAMS:
                         triggers.add(TRIGGER_STREAMS[(rec.system, rec.stream)])
                     else:
                         records.append(rec)
             counts = ingest_records(session, records, run_id=run_id) if records else Counts()
             intake.mark_processed(session, rows)
-            return len(rows), counts
+            return len(rows), counts.merge(dead)
 
         n, counts = run_in_transaction(work, engine)
         events += n

@@ -144,3 +144,20 @@ def test_concurrent_deliveries_and_drains_store_and_process_each_event_once(rece
     assert sum(r["events"] for r in results) == 120
     with session_scope(engine) as s:
         assert len(s.exec(select(InteractionRow).where(InteractionRow.system == "sendgrid")).all()) == 120
+
+
+def test_a_stored_event_that_cannot_be_converted_is_dead_lettered_and_does_not_block_the_rest(receiver):
+    client, signers, engine = receiver
+    post_all(client, signers)
+    with session_scope(engine) as s:  # e.g. stored by an older receiver that checked less
+        intake.store_events(s, "sendgrid", [IncomingEvent("broken-1", "open", datetime(2026, 11, 3, tzinfo=timezone.utc),
+                                                          {"email": "amara.okafor@example.com", "event": "open"})])
+    result = drain(engine, sync_triggered=False)
+    assert result["events"] == 8 and result["counts"]["sendgrid/webhook"] == {"read": 1, "dead_lettered": 1}
+    assert result["counts"]["sendgrid/events"]["read"] == 3
+    from identity.store import DeadLetter
+
+    (dl,) = rows(engine, DeadLetter)
+    assert (dl.system, dl.external_id, dl.stage) == ("sendgrid", "broken-1", "webhook")
+    assert "sg_event_id" in dl.reason and "amara" not in dl.reason
+    assert drain(engine, sync_triggered=False)["events"] == 0
