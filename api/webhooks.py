@@ -49,6 +49,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -79,6 +80,7 @@ SECRET_FIELDS = {"hubspot": "client_secret", "zoom": "webhook_secret", "twilio":
 _MAX_TS_MS = 4_102_444_800_000  # 2100-01-01: anything later is not a real event time
 # Twilio reads the answer to an inbound message as TwiML: an empty <Response/> means "no reply"
 # (anything else is logged as error 12300 in the account's debugger).
+_DIGITS = re.compile(r"[0-9]{1,16}")
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
@@ -199,7 +201,7 @@ def _header_int(request: Request, name: str) -> int:
     value = request.headers.get(name)
     if not value:
         raise Rejected(401, f"missing {name} header")
-    if not value.isdigit() or len(value) > 16:
+    if not _DIGITS.fullmatch(value):  # str.isdigit() would let "²" through to int()
         raise Rejected(401, f"{name} is not a number")
     return int(value)
 
@@ -273,7 +275,7 @@ def hubspot(request: Request, body: bytes, secret: str, cfg: WebhookConfig) -> l
     for i, e in enumerate(_list_of_objects(_json(body), "events")):
         where = f"event {i}"
         raw_id = _field(e, "eventId", (int, str), where)
-        if isinstance(raw_id, str) and not raw_id.isdigit():
+        if isinstance(raw_id, str) and not _DIGITS.fullmatch(raw_id):
             raise Malformed(f"{where}: field eventId is not a number")
         where = f"event {raw_id}"
         kind = _field(e, "subscriptionType", str, where)

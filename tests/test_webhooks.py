@@ -256,6 +256,15 @@ def test_an_unsigned_malformed_body_is_401_and_leaves_no_dead_letter(setup):
     assert resp.status_code == 401 and dead_letters() == []
 
 
+@pytest.mark.parametrize("value", [b"\xb2", b"17950000100000000000000", b"-5", b""])
+def test_a_timestamp_header_that_is_not_a_plain_number_is_401(setup, signers, value):
+    client, _, _ = setup
+    body, headers = signers.zoom(sample("zoom"))
+    headers = {**headers, "x-zm-request-timestamp": value}
+    resp = post(client, "zoom", body, headers)
+    assert resp.status_code == 401 and stored() == []
+
+
 def test_zoom_url_validation_is_answered_with_the_encrypted_token_and_not_stored(setup, signers):
     client, _, emitted = setup
     body = json.dumps(fixture("zoom_url_validation.json")).encode()
