@@ -319,8 +319,6 @@ def test_webhook_receiver_is_mounted_on_the_same_store_when_present(api):
     assert {"/webhooks/hubspot", "/webhooks/zoom"} <= set(api.get("/openapi.json").json()["paths"])
     # the fixture's store is the settings' store, so the receiver's default engine is already this one
     assert webhooks.webhook_config().get_engine() is api.engine and not api.app.dependency_overrides
-    r = api.post("/webhooks/zoom", content=b"{}", headers={"content-type": "application/json"})
-    assert r.status_code in (401, 503)  # unsigned (or no secret configured): refused, nothing stored
 
 
 def test_an_app_on_another_store_sends_webhook_events_there(api, tmp_path):
