@@ -21,7 +21,8 @@ Vendor behaviour reproduced on purpose (specs/README.md, "Salesforce"):
   results ``{"id","success","errors","created"}``, ``allOrNone`` honoured. ``Omnisync_Golden_Id__c``
   is an external id without the Unique attribute (linked duplicates share it; an upsert matching
   several records fails with ``DUPLICATE_EXTERNAL_ID``); ``Omnisync_Interaction_Id__c`` is unique.
-* ``GET /sobjects/{SObject}/deleted/?start=&end=`` (at most 15 days back), ``GET /limits/``.
+* ``GET /sobjects/{SObject}/deleted/?start=&end=`` (at most 15 days back) and ``.../updated/`` (30
+  days), ``GET /limits/``.
 * ``Sforce-Limit-Info: api-usage=used/total`` on every response; 403 ``REQUEST_LIMIT_EXCEEDED`` once
   the daily allocation is spent; 401 ``INVALID_SESSION_ID``; errors as ``[{"message","errorCode"}]``.
 * Datetimes as ``2026-11-01T10:00:00.000+0000`` with second precision, so many records share one
@@ -60,6 +61,7 @@ COLLECTION_MAX = 200
 MAX_LOCATORS = 10
 DAILY_LIMIT = 100_000
 GET_DELETED_DAYS = 15
+GET_UPDATED_DAYS = 30
 USER_IDS = [f"005Dn00000{n:05d}" for n in range(11, 23)]
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -1058,7 +1060,8 @@ class SalesforceSandbox(Sandbox):
                 out.append({"id": sf_id(*target), "success": True, "errors": []})
         return out
 
-    def get_deleted(self, sobject: str, start: str, end: str) -> dict[str, Any]:
+    def replication(self, sobject: str, start: str, end: str, *, deleted: bool) -> dict[str, Any]:
+        """getDeleted (at most 15 days back) or getUpdated (30 days) for ``[start, end]``."""
         def parse(v: str) -> int:
             try:
                 return int(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
@@ -1067,22 +1070,26 @@ class SalesforceSandbox(Sandbox):
 
         lo, hi = parse(start), parse(end)
         now = self.now_ms()
-        earliest = now - GET_DELETED_DAYS * 86_400_000
+        earliest = now - (GET_DELETED_DAYS if deleted else GET_UPDATED_DAYS) * 86_400_000
         if lo < earliest - 60_000:
-            raise ApiError(400, "INVALID_REPLICATION_DATE", "startDate cannot be more than 15 days ago")
+            raise ApiError(400, "INVALID_REPLICATION_DATE",
+                           f"startDate cannot be more than {GET_DELETED_DAYS if deleted else GET_UPDATED_DAYS} "
+                           "days ago")
         if hi <= lo:
             raise ApiError(400, "INVALID_REPLICATION_DATE", "endDate must chronologically follow the startDate")
         t = self.tables[sobject]
-        rows, latest = [], lo
+        rows: list[Any] = []
         for ts, num in t.by_ts(lo):
             if ts > hi:
                 break
-            rec = t.get(num)
-            if rec.deleted:
-                rows.append({"id": sf_id(sobject, num), "deletedDate": sf_datetime(ts)})
-                latest = max(latest, ts)
-        return {"deletedRecords": rows, "earliestDateAvailable": sf_datetime(earliest),
-                "latestDateCovered": sf_datetime(min(hi, now) // 60_000 * 60_000)}
+            if t.get(num).deleted == deleted:
+                rows.append({"id": sf_id(sobject, num), "deletedDate": sf_datetime(ts)} if deleted else
+                            sf_id(sobject, num))
+        covered = sf_datetime(min(hi, now) // 60_000 * 60_000)
+        if deleted:
+            return {"deletedRecords": rows, "earliestDateAvailable": sf_datetime(earliest),
+                    "latestDateCovered": covered}
+        return {"ids": rows, "latestDateCovered": covered}
 
     def export(self) -> dict[str, Any]:
         """Every record the org holds (recycle bin included), as an administrator's export sees it."""
@@ -1154,11 +1161,11 @@ class SalesforceSandbox(Sandbox):
             return 200, sb.collection("PATCH", body, sobject, field)
 
         @handler
-        def deleted(request: Request, body: Any, version: str, sobject: str):
-            if sobject not in SCHEMA:
+        def replication(request: Request, body: Any, version: str, sobject: str, kind: str):
+            if sobject not in SCHEMA or kind not in ("deleted", "updated"):
                 raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
-            return 200, sb.get_deleted(sobject, request.query_params.get("start", ""),
-                                       request.query_params.get("end", ""))
+            return 200, sb.replication(sobject, request.query_params.get("start", ""),
+                                       request.query_params.get("end", ""), deleted=kind == "deleted")
 
         @handler
         def get_one(request: Request, body: Any, version: str, sobject: str, record_id: str):
@@ -1175,7 +1182,7 @@ class SalesforceSandbox(Sandbox):
         app.add_api_route(base + "/limits/", limits, methods=["GET"])
         app.add_api_route(base + "/composite/sobjects", composite, methods=["POST", "PATCH", "DELETE"])
         app.add_api_route(base + "/composite/sobjects/{sobject}/{field}", upsert, methods=["PATCH"])
-        app.add_api_route(base + "/sobjects/{sobject}/deleted/", deleted, methods=["GET"])
+        app.add_api_route(base + "/sobjects/{sobject}/{kind}/", replication, methods=["GET"])
         app.add_api_route(base + "/sobjects/{sobject}/{record_id}", get_one, methods=["GET"])
         self._admin_routes(app, handler)
 

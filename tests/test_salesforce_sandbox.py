@@ -222,7 +222,7 @@ def test_a_bad_session_is_401_invalid_session_id(served):
                                                         "errorCode": "INVALID_SESSION_ID"}]
 
 
-def test_get_deleted_lists_deletions_within_fifteen_days(served):
+def test_get_deleted_and_get_updated_list_changes_within_their_windows(served):
     sb = SalesforceSandbox(size=100)
     http = served(sb)
     now = datetime.fromtimestamp(sb.now_ms() / 1000, tz=timezone.utc)
@@ -235,6 +235,10 @@ def test_get_deleted_lists_deletions_within_fifteen_days(served):
     old = http.get(f"{V}/sobjects/Contact/deleted/", params={
         "start": (now - timedelta(days=20)).strftime(fmt), "end": now.strftime(fmt)})
     assert old.status_code == 400 and old.json()[0]["errorCode"] == "INVALID_REPLICATION_DATE"
+    sb.update("Contact", 6, {"Title": "CFO"})
+    updated = http.get(f"{V}/sobjects/Contact/updated/", params={
+        "start": (now - timedelta(minutes=1)).strftime(fmt), "end": (now + timedelta(minutes=5)).strftime(fmt)}).json()
+    assert sf_id("Contact", 6) in updated["ids"] and target not in updated["ids"]
 
 
 def test_a_merge_deletes_losers_with_master_record_id_and_moves_their_tasks(served):
