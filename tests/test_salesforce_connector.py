@@ -275,3 +275,24 @@ def test_collection_results_are_tied_to_inputs_by_position_and_scrubbed():
     assert [outcomes[i].status for i in range(3)] == [WriteStatus.created, WriteStatus.failed, WriteStatus.updated]
     assert outcomes[0].external_id == "003Dn000000002sIAA" and outcomes[2].external_id == "003Dn0000000005IAA"
     assert "G1|new" in outcomes[1].error and "field Email" in outcomes[1].error and "example" not in outcomes[1].error
+
+
+def test_a_quota_reached_mid_write_keeps_what_was_confirmed_and_marks_the_rest_retryable(org):
+    sb, connect = org(size=50)
+    conn = connect()
+    sb.set_faults(daily_quota=1)  # the first Collections call passes, the second is refused
+    recs = [OutboundRecord(key=f"G{i}|new", match={"Omnisync_Golden_Id__c": f"G{i}"},
+                           payload={"LastName": "Q", "Omnisync_Golden_Id__c": f"G{i}"}) for i in range(300)]
+    out = conn.write("contacts", recs)
+    assert all(o.ok for o in out[:200])
+    assert all(not o.ok and o.retryable and "quota" in o.error.lower() for o in out[200:])
+
+
+def test_an_activity_for_a_contact_that_no_longer_exists_fails_alone_with_a_hint(org):
+    sb, connect = org(size=50)
+    sb.delete("Contact", 9)
+    out = connect().write("tasks", [
+        OutboundRecord(key="zoom:E1", associations={"contact": sf_id("Contact", 9)}, payload={"Subject": "Call"}),
+        OutboundRecord(key="zoom:E2", associations={"contact": sf_id("Contact", 1)}, payload={"Subject": "Call"})])
+    assert not out[0].ok and "INVALID_CROSS_REFERENCE_KEY" in out[0].error and "sync contacts" in out[0].error
+    assert out[1].status is WriteStatus.created
