@@ -215,10 +215,12 @@ class SalesforceConnector(Connector):
         headers = {"Sforce-Query-Options": f"batchSize={self.query_batch}"}
         body = self._call(f"query {stream}", lambda: self.sf.query(
             self.soql(stream, after, since, until), include_deleted=True, headers=headers))
+        last: tuple[datetime, str] | None = None  # the last row delivered (the cursor may be ahead of it)
         while True:
             records = [self._record(stream, row) for row in body.get("records") or []]
             cur = cur.advance(records)
             if records:
+                last = (records[-1].modified_at, records[-1].external_id)
                 yield Page(records, cur)
             if body.get("done", True) or not body.get("nextRecordsUrl"):
                 return
@@ -226,13 +228,12 @@ class SalesforceConnector(Connector):
                 body = self._call(f"query more {stream}", lambda u=body["nextRecordsUrl"]: self.sf.query_more(
                     u, identifier_is_url=True, headers=headers))
             except ConnectorError as e:
-                if e.code != "INVALID_QUERY_LOCATOR" or cur.modified_at is None:
+                if e.code != "INVALID_QUERY_LOCATOR" or last is None:
                     raise
                 # The locator expired (15 minutes idle, or more than 10 open): restart exactly after
-                # the last row delivered.
-                mark = (cur.modified_at, cur.last_id or "")
-                body = self._call(f"query {stream}", lambda: self.sf.query(
-                    self.soql(stream, mark, None, until), include_deleted=True, headers=headers))
+                # the last row delivered, so the rest of the overlap window is still re-read.
+                body = self._call(f"query {stream}", lambda m=last: self.sf.query(
+                    self.soql(stream, m, None, until), include_deleted=True, headers=headers))
 
     def _record(self, stream: str, row: dict[str, Any]) -> SourceRecord:
         row = {k: v for k, v in row.items() if k != "attributes"}

@@ -296,3 +296,19 @@ def test_an_activity_for_a_contact_that_no_longer_exists_fails_alone_with_a_hint
         OutboundRecord(key="zoom:E2", associations={"contact": sf_id("Contact", 1)}, payload={"Subject": "Call"})])
     assert not out[0].ok and "INVALID_CROSS_REFERENCE_KEY" in out[0].error and "sync contacts" in out[0].error
     assert out[1].status is WriteStatus.created
+
+
+def test_a_lost_locator_inside_the_overlap_window_still_rereads_the_whole_window(org):
+    sb, connect = org(size=500)
+    at = sb.now_ms()
+    sb.now_ms = lambda: at
+    live = [n for n in range(1, 500) if not sb.tables["Contact"].get(n).deleted][:450]
+    for n in live:
+        sb.update("Contact", n, {"Title": "Analyst"})
+    ids = sorted(sf_id("Contact", n) for n in live)
+    stored = Cursor(modified_at=datetime.fromtimestamp(at / 1000, tz=timezone.utc), last_id=ids[399])
+    pages = connect().read("contacts", stored)  # default overlap: re-read the last five minutes
+    got = [r.external_id for r in next(pages).records]
+    sb.locators.clear()
+    got += [r.external_id for p in pages for r in p.records]
+    assert got == ids, "rows between the last delivered one and the stored cursor are not skipped"
