@@ -59,6 +59,7 @@ __all__ = [
     "value_keys",
     "RowReader",
     "Scorer",
+    "attribute_keys",
     "blocking_keys",
     "entity_from_profile",
     "entity_from_row",
@@ -155,7 +156,7 @@ _STREET_WORDS = {"street": "st", "avenue": "ave", "av": "ave", "road": "rd", "bo
                  "west": "w", "highway": "hwy", "parkway": "pkwy", "square": "sq", "unit": "apt"}
 
 
-@lru_cache(maxsize=1 << 20)
+@lru_cache(maxsize=1 << 16)
 def normalize_street(raw: str) -> str:
     words = re.sub(r"[^0-9a-z ]+", " ", raw.lower().replace("#", " apt ")).split()
     return " ".join(_STREET_WORDS.get(w, w) for w in words)
@@ -288,6 +289,10 @@ def _cols(columns: Mapping[str, Any], attr: str) -> list[str]:
     return [v] if isinstance(v, str) else list(v)
 
 
+_SINGLE = ("id", "first_name", "last_name", "full_name", "birth_date", "street", "city", "state", "postcode",
+           "cdp_user_id")
+
+
 class RowReader:
     """Reads flat rows (CSV lines) into entities, for one column mapping.
 
@@ -306,8 +311,7 @@ class RowReader:
         self.rules = rules or load_rules()
         self.region = region or get_settings().default_region
         self.dayfirst = dayfirst
-        self.single = {a: columns.get(a) for a in ("id", "first_name", "last_name", "full_name", "birth_date",
-                                                   "street", "city", "state", "postcode", "cdp_user_id")}
+        self._single_cols = tuple(columns.get(a) for a in _SINGLE)
         self.emails, self.phones, self.ids = _cols(columns, "email"), _cols(columns, "phone"), _cols(columns, "ids")
         self._email_keys: dict[str, str | None] = {}
         self._phone_keys: dict[str, str | None] = {}
@@ -333,21 +337,15 @@ class RowReader:
     def read(self, row: Mapping[str, Any], errors: list[FieldError] | None = None,
              record_id: str | None = None) -> Entity:
         g = row.get
-        col = self.single
-
-        def one(attr: str) -> str:
-            c = col[attr]
-            if not c:
-                return ""
-            v = g(c)
-            return v.strip() if isinstance(v, str) else ("" if v is None else str(v).strip())
-
-        rid = record_id if record_id is not None else one("id")
-        first, last = one("first_name"), one("last_name")
-        if not (first or last) and (full := one("full_name")):
+        # One pass over the single-valued columns, in _SINGLE order (no per-field calls: hot loop).
+        vals = [(v.strip() if isinstance(v, str) else ("" if v is None else str(v).strip())) if c else ""
+                for c in self._single_cols for v in (g(c) if c else None,)]
+        rid_v, first, last, full, raw_dob, street, city, state, postcode, cdp = vals
+        rid = record_id if record_id is not None else rid_v
+        if not (first or last) and full:
             first, last = _split_full(full)
         dob = 0
-        if raw_dob := one("birth_date"):
+        if raw_dob:
             dob = parse_birth_date(raw_dob, self.dayfirst) or 0
             if not dob and errors is not None:
                 errors.append(FieldError(rid, "birth_date", "not a date (YYYY-MM-DD, MM/DD/YYYY or YYYYMMDD)"))
@@ -372,9 +370,8 @@ class RowReader:
                 elif k and k not in phones:
                     phones.append(k)
         ids = [f"ext:{c}={str(g(c)).strip()}" for c in self.ids if g(c) not in (None, "")]
-        if cdp := one("cdp_user_id"):
+        if cdp:
             ids.append(f"cdp={cdp}")
-        street, postcode, city, state = one("street"), one("postcode"), one("city"), one("state")
         return Entity(
             rid, fold_name(first), fold_name(last), dob, tuple(emails), tuple(phones), tuple(ids),
             normalize_street(street) if street else "",
@@ -391,11 +388,9 @@ def entity_from_row(row: Mapping[str, Any], columns: Mapping[str, Any], *, rules
     return RowReader(columns, rules=rules, region=region, dayfirst=dayfirst).read(row, errors, record_id)
 
 
-def blocking_keys(e: Entity) -> list[str]:
-    """Keys under which candidate pairs are looked for. Identifier keys come first, as themselves."""
-    keys = list(e.ids)
-    keys += e.emails
-    keys += e.phones
+def attribute_keys(e: Entity) -> list[str]:
+    """Blocking keys built from names, birth date and postcode (identifiers are keys as themselves)."""
+    keys = []
     if e.dob:
         if e.last:
             keys.append(f"ld|{_soundex(e.last)}|{e.dob}")
@@ -407,6 +402,11 @@ def blocking_keys(e: Entity) -> list[str]:
         if e.last:
             keys.append(f"lp|{_soundex(e.last)}|{e.first[:1]}|{e.postcode}")
     return keys
+
+
+def blocking_keys(e: Entity) -> list[str]:
+    """Keys under which candidate pairs are looked for: identifiers as themselves, then attribute keys."""
+    return [*e.ids, *e.emails, *e.phones, *attribute_keys(e)]
 
 
 def key_kind(key: str) -> str | None:
