@@ -54,6 +54,7 @@ log = logging.getLogger("omnisync.api")
 HERE = Path(__file__).parent
 COOKIE = "omnisync_key"
 MAX_ALIAS_HOPS = 16
+MAX_BIGINT = 2**63 - 1  # larger numbers would reach PostgreSQL and fail there as a 500
 OPEN_STATUSES = {"in_progress", "open", "pending", "new", "escalated", "waiting", "abandoned_in_queue"}
 CLOSED_STATUSES = {"resolved", "closed", "solved", "contained"}
 OPEN_DISPOSITION_WORDS = ("follow-up", "follow up", "callback", "call back", "escalat", "unresolved", "pending")
@@ -308,7 +309,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         when, row_id = json.loads(raw)
         at = datetime.fromisoformat(str(when).replace("Z", "+00:00"))
-        if not isinstance(row_id, int) or isinstance(row_id, bool):
+        if not isinstance(row_id, int) or isinstance(row_id, bool) or not 0 <= row_id <= MAX_BIGINT:
             raise ValueError("id")
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise _bad("cursor", "not a cursor returned by this API") from None
@@ -353,6 +354,7 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
                               "change feed, journey analytics and the agent's Customer 360 page. Authenticate "
                               "with `Authorization: Bearer <key>` or `X-API-Key`.")
     app.state.engine = engine
+    app.add_middleware(RefuseNul)
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(default=True, default_for_string=True))
     templates.globals["system_name"] = lambda s: SYSTEM_NAMES.get(s, s)
@@ -527,7 +529,7 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
         return fast_json(timeline_page(s, survivor, after, limit, chans, who.pii))
 
     @app.get("/v1/changes", tags=["changes"], summary="The change feed: golden changes, merges and erasures")
-    def changes(since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+    def changes(since: int = Query(0, ge=0, le=MAX_BIGINT), limit: int = Query(100, ge=1, le=1000),
                 who: Principal = Depends(_require("profile:read")),
                 s: Session = Depends(get_session)) -> Response:
         """Events with ``seq > since`` in order; resume from ``next_since``."""
@@ -692,6 +694,21 @@ def pushed_to(s: Session, golden_id: str, items: list[dict[str, Any]]) -> list[d
         w = _iso(r.written_at)
         t["last_written"] = max(filter(None, [t["last_written"], w]), default=None)
     return [{**t, "fields": sorted(t["fields"])} for _, t in sorted(out.items())]
+
+
+class RefuseNul:
+    """Answer 400 to any URL carrying a NUL character: PostgreSQL cannot hold one in text, and the
+    query would otherwise fail in the store as a 500. Pure ASGI, so it costs nothing per request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")):
+            response = _problem(400, "Bad parameter", "the URL contains a NUL character")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _is_settings_store(engine: Engine) -> bool:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from fastapi.testclient import TestClient
 
 from api import keys
@@ -258,7 +261,8 @@ def test_timeline_filters_by_channel(api):
 
 
 @pytest.mark.parametrize("params,status", [({"channels": "fax"}, 400), ({"cursor": "garbage!"}, 400),
-                                           ({"cursor": "WzEsMl0"}, 400), ({"limit": 0}, 422),
+                                           ({"cursor": "WzEsMl0"}, 400),
+                                           ({"cursor": "WyIyMDI2LTAxLTAxIiwgOTk5OTk5OTk5OTk5OTk5OTk5OTk5XQ"}, 400), ({"limit": 0}, 422),
                                            ({"limit": "ten"}, 422), ({"limit": 501}, 422)])
 def test_bad_timeline_parameters_are_4xx_with_a_reason(api, params, status):
     r = get(api, f"/v1/profiles/{AMARA}/timeline", **params)
@@ -277,6 +281,7 @@ def test_change_feed_pages_by_seq_and_resumes_from_next_since(api):
     empty = get(api, "/v1/changes", since=rest["next_since"]).json()
     assert empty == {"events": [], "next_since": rest["next_since"], "has_more": False}
     assert get(api, "/v1/changes", since=-1).status_code == 422
+    assert get(api, "/v1/changes", since=2**63).status_code == 422
     assert get(api, "/v1/changes", since="abc").status_code == 422
 
 
@@ -326,3 +331,21 @@ def test_an_app_on_another_store_sends_webhook_events_there(api, tmp_path):
     other = get_engine(f"sqlite:///{tmp_path / 'other.db'}")
     app = create_app(other)
     assert app.dependency_overrides[webhooks.webhook_config]().get_engine() is other
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(["/v1/lookup", f"/v1/profiles/{AMARA}/timeline", "/v1/changes",
+                             "/v1/analytics/journeys", "/v1/analytics/wfm.csv", "/v1/profiles/{x}"]),
+       name=st.sampled_from(["email", "phone", "external_id", "system", "cursor", "limit", "channels", "since",
+                             "until", "days", "direction", "lineage", "format"]),
+       value=st.text(max_size=60))
+def test_no_parameter_value_makes_the_api_fail_with_a_500(api, path, name, value):
+    r = get(api, path.replace("{x}", quote(value[:50], safe="") or "x"), **{name: value})
+    assert r.status_code < 500, (path, name, value, r.text)
+
+
+@pytest.mark.parametrize("path,params", [("/v1/profiles/a%00b", {}), ("/v1/profiles/a%00b/timeline", {}),
+                                         ("/v1/lookup", {"external_id": "1\x002", "system": "hubspot"})])
+def test_nul_characters_are_refused_before_they_reach_the_store(api, path, params):
+    r = get(api, path, **params)
+    assert r.status_code == 400 and "NUL" in r.json()["detail"]
