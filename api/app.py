@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -60,6 +61,11 @@ CLOSED_STATUSES = {"resolved", "closed", "solved", "contained"}
 OPEN_DISPOSITION_WORDS = ("follow-up", "follow up", "callback", "call back", "escalat", "unresolved", "pending")
 SYSTEM_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot", "zoom": "Zoom CC", "twilio": "Twilio",
                 "sendgrid": "SendGrid", "segment": "Segment"}
+
+
+# Declared for the OpenAPI schema (the "Authorize" button in /docs); the key itself is read in _require.
+_BEARER = HTTPBearer(auto_error=False, description="an omnisync API key: `Authorization: Bearer osk_...`")
+_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="an omnisync API key")
 
 
 # --- problems ------------------------------------------------------------------------------------
@@ -375,7 +381,8 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
         return request.headers.get("x-api-key")
 
     def _require(scope: str, *, cookie: bool = False):
-        async def dep(request: Request, s: Session = Depends(get_session)) -> Principal:
+        async def dep(request: Request, s: Session = Depends(get_session),
+                      _bearer: Any = Security(_BEARER), _header: Any = Security(_API_KEY)) -> Principal:
             secret = _header_secret(request) or (request.cookies.get(COOKIE) if cookie else None)
             principal = keys.authenticate(s, secret)
             if principal is None:

@@ -313,7 +313,11 @@ def test_bad_analytics_parameters_are_400(api, path, params):
 
 
 def test_openapi_documents_every_endpoint(api):
-    paths = api.get("/openapi.json").json()["paths"]
+    doc = api.get("/openapi.json").json()
+    assert set(doc["components"]["securitySchemes"]) == {"HTTPBearer", "APIKeyHeader"}
+    assert doc["paths"]["/v1/lookup"]["get"]["security"]
+    assert "security" not in doc["paths"]["/health"]["get"]
+    paths = doc["paths"]
     for p in ("/v1/lookup", "/v1/profiles/{golden_id}", "/v1/profiles/{golden_id}/timeline", "/v1/changes",
               "/v1/analytics/journeys", "/v1/analytics/wfm.csv", "/health", "/360/{golden_id}"):
         assert p in paths
