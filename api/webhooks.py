@@ -37,7 +37,9 @@ the path and query of the request are appended to it.
 Secrets come from the same typed credentials as the flows (``HubSpotCredentials.client_secret``,
 ``ZoomCredentials.webhook_secret``, ``TwilioCredentials.auth_token``,
 ``SendGridCredentials.webhook_public_key``), loaded through ``flows.credentials`` (Prefect block,
-``OMNISYNC_<SYSTEM>_*`` variables or the sandbox info file). A vendor without one answers 503.
+``OMNISYNC_<SYSTEM>_*`` variables or the sandbox info file; blocks only when ``PREFECT_API_URL`` is
+set) and re-read every minute. A vendor without one answers 503. Requests without the signature
+headers are refused before any secret is looked up.
 """
 
 from __future__ import annotations
@@ -128,10 +130,15 @@ class CredentialSecrets:
                 return hit[1]
         # The receiver runs in the API process, which has no credentials of its own: it loads
         # them exactly as the flows do, so one block or one set of variables configures both.
+        # Blocks only with a Prefect API: without one, reading a block boots a local Prefect
+        # server in this process (~20 s), far past the vendors' answer deadlines (Zoom: 3 s).
+        from prefect.settings import PREFECT_API_URL
+
         from flows.credentials import CredentialsMissing, load_credentials
 
         try:
-            value = getattr(load_credentials(vendor), SECRET_FIELDS[vendor], None)
+            creds = load_credentials(vendor, use_blocks=bool(PREFECT_API_URL.value()))
+            value = getattr(creds, SECRET_FIELDS[vendor], None)
         except CredentialsMissing:
             value = None
         secret = value.get_secret_value() if isinstance(value, SecretStr) else value
@@ -380,6 +387,10 @@ def sendgrid(request: Request, body: bytes, secret: str, cfg: WebhookConfig) -> 
     return events
 
 
+SIGNATURE_HEADERS = {"hubspot": ("X-HubSpot-Signature-v3", "X-HubSpot-Request-Timestamp"),
+                     "zoom": ("x-zm-signature", "x-zm-request-timestamp"),
+                     "twilio": ("X-Twilio-Signature",),
+                     "sendgrid": ("X-Twilio-Email-Event-Webhook-Signature", "X-Twilio-Email-Event-Webhook-Timestamp")}
 VERIFIERS: dict[str, Callable[..., Any]] = {"hubspot": hubspot, "zoom": zoom, "twilio": twilio, "sendgrid": sendgrid}
 
 
@@ -404,6 +415,9 @@ async def _receive(vendor: str, request: Request, cfg: WebhookConfig) -> JSONRes
     body = b""
     try:
         body = await _read_body(request, cfg.max_body)
+        for name in SIGNATURE_HEADERS[vendor]:  # refused before any secret is looked up
+            if not request.headers.get(name):
+                raise Rejected(401, f"missing {name} header")
         secret = await run_in_threadpool(cfg.secrets, vendor)
         if not secret:
             raise Rejected(503, f"no {vendor} webhook secret is configured ({SECRET_FIELDS[vendor]})")

@@ -297,6 +297,28 @@ def test_an_unreachable_store_answers_503_so_the_vendor_retries(setup, signers, 
     assert resp.status_code == 503 and "retry" in resp.json()["error"] and emitted == []
 
 
+def test_an_unsigned_post_is_refused_before_any_secret_is_looked_up(setup):
+    client, cfg, _ = setup
+    looked_up = []
+    cfg.secrets = lambda vendor: looked_up.append(vendor)
+    for vendor in VENDORS:
+        assert client.post(f"/webhooks/{vendor}", content=b"{}").status_code == 401
+    assert looked_up == []
+
+
+def test_without_configuration_the_secret_lookup_answers_at_once_instead_of_booting_prefect(monkeypatch):
+    import time
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    for var in ("OMNISYNC_SANDBOX_INFO", "OMNISYNC_ZOOM_ACCESS_TOKEN", "OMNISYNC_ZOOM_WEBHOOK_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    t0 = time.perf_counter()
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert CredentialSecrets()("zoom") is None
+    assert time.perf_counter() - t0 < 2.0
+
+
 def test_a_vendor_without_a_configured_secret_answers_503_and_stores_nothing(setup, signers):
     client, cfg, _ = setup
     cfg.secrets = lambda vendor: None
