@@ -18,13 +18,20 @@ single pair and a whole batch, so the two can never disagree.
   matches when the sum reaches the threshold and no veto applies:
 
   - birth dates on both sides that are neither equal nor a plausible typo of each other;
-  - names that conflict (:meth:`identity.rules.Rules.names_conflict` semantics) while the only
-    identifiers shared are *guarded* ones (email, phone): a family's phone or a couple's inbox
-    never glues two people together. A shared strong id (a vendor record id, a CDP user id) is
-    the source system saying it is one person, and wins.
+  - first names that conflict (:meth:`identity.rules.Rules.names_conflict` semantics: nicknames,
+    initials and close spellings do not) -- a family's phone or a couple's inbox never glues two
+    people together, whatever else they share;
+  - no personal evidence: a last name, an address or a family landline belong to a household,
+    so without an agreeing first name or birth date, or an identifier of its own, a pair is no match.
 
-  An identifier key carried by more records than its kind's limit (``max_records_per_key``) stops
-  being evidence; the caller passes the key counts it knows (the batch, or an index).
+  A shared strong id (a vendor record id, a CDP user id) is the source system saying it is one
+  person, and wins over the vetoes.
+
+  What the population says about values comes in :class:`KeyStats`, from the batch or an index:
+  an identifier carried by more records than its kind's limit (``max_records_per_key``) stops
+  being evidence; a *mixed* key (held by records whose first names conflict) is no evidence for
+  a nameless record; and an exact name or postcode agreement weighs less when the value is common
+  (term frequencies: two James Smiths in one large ZIP code are not one person).
 """
 
 from __future__ import annotations
