@@ -7,6 +7,7 @@ the order of stages, the run bookkeeping and the status rules exist exactly once
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from identity.ingest import Counts
 from identity.push import plan_push
 from identity.runs import finish_run, start_run
 from identity.store import get_engine, run_in_transaction, session_scope
+from omnisync.privacy import mask_text
+
+log = logging.getLogger("omnisync.orchestrate")
 
 ALL_SYSTEMS = ["salesforce", "hubspot", "zoom", "twilio", "sendgrid", "segment"]
 PUSH_SYSTEMS = ["salesforce", "hubspot", "zoom", "segment", "sendgrid"]
@@ -64,7 +68,10 @@ def enrich_stage(run_id: str | None = None) -> dict[str, Any]:
 
     conn = make_connector("segment")
     try:
-        return enrich_from_cdp(get_engine(), conn, run_id=run_id)
+        out = enrich_from_cdp(get_engine(), conn, run_id=run_id)
+        if conn.api_calls:  # lookups cost calls like reads do: the counts table shows them
+            out["counts"].setdefault("segment/profiles", {})["api_calls"] = conn.api_calls
+        return out
     finally:
         conn.close()
 
@@ -103,6 +110,29 @@ def streams_of(system: str) -> list[str]:
         conn.close()
 
 
+def _sync_system(stages: Stages, system: str, run_id: str) -> list[dict[str, Any]]:
+    """Every stream of ``system``; one that fails (after its retries) is reported, and the other
+    streams and systems go on: one vendor's outage must not stop the rest of the run."""
+    try:
+        streams = streams_of(system)
+    except Exception as e:  # no credentials, unknown system: the system fails, not the run
+        return [_failed(system, "*", e)]
+    out = []
+    for stream in streams:
+        try:
+            out.append(stages.sync(system, stream, run_id=run_id))
+        except Exception as e:
+            out.append(_failed(system, stream, e))
+    return out
+
+
+def _failed(system: str, stream: str, error: BaseException) -> dict[str, Any]:
+    message = mask_text(f"{type(error).__name__}: {error}")[:500]
+    log.error("%s/%s failed, the other streams go on: %s", system, stream, message)
+    return {"system": system, "stream": stream, "status": "failed", "message": message, "resume_at": None,
+            "counts": {}, "pages": 0, "api_calls": 0}
+
+
 def omnichannel(*, systems: list[str] | None = None, push: bool = True, force_push: bool = False,
                 run_id: str | None = None, stages: Stages | None = None,
                 flow: str = "omnichannel-sync") -> dict[str, Any]:
@@ -113,7 +143,7 @@ def omnichannel(*, systems: list[str] | None = None, push: bool = True, force_pu
     engine = get_engine()
     run_in_transaction(lambda s: start_run(s, run_id, flow), engine)
     webhooks = stages.drain(run_id=run_id)
-    results = [stages.sync(system, stream, run_id=run_id) for system in systems for stream in streams_of(system)]
+    results = [r for system in systems for r in _sync_system(stages, system, run_id)]
     counts = collect(results).merge(collect([webhooks]))
     resolved = stages.resolve(run_id=run_id)
     enriched = None
@@ -127,13 +157,16 @@ def omnichannel(*, systems: list[str] | None = None, push: bool = True, force_pu
         targets = [s for s in PUSH_SYSTEMS if s in systems]
         pushed = stages.push(stages.plan(targets), targets, force=force_push, run_id=run_id)
     quota = [r for r in results if r["status"] == "quota"]
-    status = "partial" if quota or (pushed and pushed["failed"]) else "completed"
+    failed = [{"system": r["system"], "stream": r["stream"], "message": r["message"]}
+              for r in results if r["status"] == "failed"]
+    status = "partial" if quota or failed or (pushed and pushed["failed"]) else "completed"
     summary = {"run_id": run_id, "status": status, "counts": counts.as_dict(), "resolved": resolved,
                "enriched": {"lookups": enriched["lookups"]} if enriched else None, "pushed": pushed,
                "webhooks": {k: v for k, v in webhooks.items() if k != "counts"},
                "reconciles": counts.reconciles(),
                "quota_stops": [{"system": r["system"], "stream": r["stream"], "resume_at": r["resume_at"]}
-                               for r in quota]}
+                               for r in quota],
+               "failed": failed}
     run_in_transaction(lambda s: finish_run(s, run_id, status=status, counts=summary,
                                             flagged="loop alarm" if pushed and pushed["alarms"] else None), engine)
     return summary

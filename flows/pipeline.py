@@ -27,10 +27,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Completed
 
 from connectors.errors import ConnectorError
 from flows import orchestrate, report
 from flows.connect import CONNECTORS, make_connector
+from identity.push import CircuitOpen
 from identity.store import get_engine, run_in_transaction
 from omnisync.privacy import install_log_masking
 from omnisync.records import Cursor
@@ -40,12 +42,12 @@ PUSH_SYSTEMS = orchestrate.PUSH_SYSTEMS
 
 
 def retry_unless_client_error(task, task_run, state) -> bool:
-    """Prefect retry condition: retry coarse failures, never a 4xx or a bad mapping."""
+    """Prefect retry condition: retry coarse failures, never a 4xx, a bad mapping or an open push breaker."""
     try:
         state.result()
     except ConnectorError as e:
         return e.retryable
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, CircuitOpen):  # a retry would fail the same way
         return False
     except Exception:
         return True
@@ -85,7 +87,15 @@ def _seed_partition(system: str, stream: str, partition: str, start: datetime, r
 
 resolve_task = task(name="resolve-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
                     retry_condition_fn=retry_unless_client_error)(orchestrate.resolve_stage)
-plan_task = task(name="plan-push", cache_policy=NO_CACHE)(orchestrate.plan_stage)
+
+
+@task(name="plan-push", cache_policy=NO_CACHE)
+def plan_task(systems: list[str], full: bool = False) -> Any:
+    plan = orchestrate.plan_stage(systems, full=full)
+    report.plan_artifact(plan)  # every flow that plans a push shows what it will write
+    return plan
+
+
 push_task = task(name="write-push", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
                  retry_condition_fn=retry_unless_client_error)(orchestrate.push_stage)
 drain_webhooks_task = task(name="drain-webhooks", cache_policy=NO_CACHE)(orchestrate.drain_stage)
@@ -128,7 +138,6 @@ def push_back(systems: list[str] | None = None, force: bool = False, full: bool 
     run_id = _run_id()
     systems = systems or PUSH_SYSTEMS
     plan = plan_task(systems, full=full)
-    report.plan_artifact(plan)
     if dry_run:
         return {"planned": plan.total, "rows": plan.summary()}
     out = push_task(plan, systems, force=force, run_id=run_id)
@@ -146,12 +155,24 @@ def omnichannel_sync(systems: list[str] | None = None, push: bool = True, force_
                                       stages=PREFECT_STAGES)
     report.counts_artifact(orchestrate.collect([summary]), key="omnichannel-counts",
                            title="Records per system and stream", pushed=summary["pushed"],
-                           resolved=summary["resolved"])
+                           resolved=summary["resolved"], failed=summary["failed"])
     report.merge_summary_artifact(get_engine(), run_id)
     for q in summary["quota_stops"]:
         logger.warning("%s/%s stopped at its checkpoint (quota); resume after %s", q["system"], q["stream"],
                        q["resume_at"] or "the quota resets")
+    for f in summary["failed"]:
+        logger.error("%s/%s failed (the other systems ran): %s", f["system"], f["stream"], f["message"])
+    if summary["status"] == "partial":
+        # Completed (callers and schedules carry on) but named Partial, with what failed as its message.
+        return Completed(name="Partial", message=_partial_message(summary), data=summary)
     return summary
+
+
+def _partial_message(summary: dict[str, Any]) -> str:
+    parts = [f"{f['system']}/{f['stream']} failed" for f in summary["failed"]]
+    parts += [f"{q['system']}/{q['stream']} stopped on quota" for q in summary["quota_stops"]]
+    parts += [f"push to {s} failed" for s in ((summary.get("pushed") or {}).get("failed") or {})]
+    return "; ".join(parts)[:1000]
 
 
 @flow(name="backfill")

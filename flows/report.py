@@ -35,11 +35,14 @@ def counts_rows(counts: Counts, pushed: dict[str, Any] | None = None) -> list[di
 
 
 def counts_artifact(counts: Counts, *, key: str, title: str, pushed: dict[str, Any] | None = None,
-                    resolved: dict[str, int] | None = None) -> None:
+                    resolved: dict[str, int] | None = None, failed: list[dict[str, Any]] | None = None) -> None:
     rows = counts_rows(counts, pushed)
     extra = ""
     if resolved:
         extra = " | ".join(f"{k}: {v}" for k, v in sorted(resolved.items()))
+    for f in failed or []:
+        rows.append({"system": f["system"], "stream": f"{f['stream']} (FAILED)", **{k: 0 for k in COLUMNS}})
+        extra += f"\n\n**{f['system']}/{f['stream']} failed:** {mask_text(f['message'])}"
     create_table_artifact(table=rows, key=_key(key),
                           description=f"**{title}**. Reconciles: {counts.reconciles()}. {extra}")
 

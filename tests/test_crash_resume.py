@@ -126,8 +126,10 @@ def assert_same_store(crashed: dict, clean: dict, *, exact_cursor: bool = True) 
         assert crashed["cursors"] == clean["cursors"], "the checkpoint ends where the uninterrupted run's does"
 
 
-@pytest.mark.parametrize("kill_after", [2])
-def test_hubspot_contacts_sync_killed_mid_stream_resumes_to_the_uninterrupted_store(tmp_path, store_url, kill_after):
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.slow])])
+def test_hubspot_contacts_sync_killed_mid_stream_resumes_to_the_uninterrupted_store(tmp_path, request, backend):
+    store_url = f"sqlite:///{tmp_path / 'crash.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    kill_after = 2
     sb = HubSpotSandbox(size=1500, seed=5, limits=Limits(enabled=False))
     with SandboxCluster([sb], workdir=tmp_path / "sb") as cluster:
         info = tmp_path / "sandbox.json"
