@@ -1,0 +1,178 @@
+"""The omnichannel pipeline end to end: records/s, Prefect's share of the wall time, peak memory.
+
+For each population size the six sandboxes are served by one child process (vendor rate limits
+lifted, faults off), and the pipeline runs twice against them, each time in a fresh child process
+with a fresh SQLite store: once through the plain stages of flows/orchestrate.py, once as the
+``omnichannel-sync`` Prefect flow (tasks, artifacts, a local Prefect server). Client-side budgets
+are lifted too, so the figure is omnisync's own cost, not the vendors' published limits (at those
+limits a first load is bound by calls: see hubspot_bench and push_bench).
+
+The run is drain, sync every stream, resolve, enrich from the CDP; the push-back is measured by
+push_bench. "records" are the vendor records read (contacts, leads, profiles and interactions).
+Peak memory is the measuring child's max RSS (sandboxes live in their own process).
+Run: ``python -m bench.pipeline_bench [--quick]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+INTERACTION_STREAMS = {"calls", "emails", "communications", "engagements", "messages", "tasks", "notes"}
+
+
+def serve(size: int, info: str) -> int:
+    """Child: every sandbox at ``size`` people, vendor limits off, until SIGTERM."""
+    from sandbox.framework import SandboxCluster
+    from sandbox.hubspot import HubSpotSandbox, Limits
+    from sandbox.registry import SANDBOXES, build
+
+    sbs = [HubSpotSandbox(size=size, seed=1, limits=Limits(enabled=False)) if n == "hubspot" else build(n, size=size, seed=1)
+           for n in SANDBOXES]
+    cluster = SandboxCluster(sbs, workdir=Path(info).parent / "sb").start()
+    cluster.write_info(Path(info))
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    while not stop["now"]:
+        time.sleep(0.2)
+    cluster.stop()
+    return 0
+
+
+def _lift_client_budgets() -> None:
+    import connectors.hubspot as hubspot
+    from connectors.http import RateBudget
+    from flows import connect
+
+    for k in connect.BUDGETS:
+        connect.BUDGETS[k] = (1e9, 10**9)
+    hubspot.search_budget_for = lambda host: RateBudget(1e9, 10**9)
+
+
+def measure(mode: str) -> int:
+    """Child: one pipeline run ('plain' or 'prefect'); prints one JSON line."""
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _lift_client_budgets()
+    stage_s: dict[str, float] = {}
+    if mode == "plain":
+        from flows import orchestrate
+
+        def timed(name, fn):
+            def run(*a, **kw):
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    key = f"sync {a[0]}" if name == "sync" else name
+                    stage_s[key] = stage_s.get(key, 0.0) + time.perf_counter() - t
+            return run
+
+        plain = orchestrate.Stages()
+        stages = orchestrate.Stages(**{k: timed(k, getattr(plain, k)) for k in vars(plain)})
+        t0 = time.perf_counter()
+        summary = orchestrate.omnichannel(push=False, stages=stages)
+    else:
+        from prefect.testing.utilities import prefect_test_harness
+
+        from flows.pipeline import omnichannel_sync
+
+        with prefect_test_harness(server_startup_timeout=120):  # server start is not the flow's cost
+            t0 = time.perf_counter()
+            state = omnichannel_sync(push=False, return_state=True)
+            summary = state.result()
+            wall = time.perf_counter() - t0
+    if mode == "plain":
+        wall = time.perf_counter() - t0
+    contacts = interactions = 0
+    for key, c in summary["counts"].items():
+        if key.split("/", 1)[1] in INTERACTION_STREAMS:
+            interactions += c.get("read", 0)
+        else:
+            contacts += c.get("read", 0)
+    print(json.dumps({"mode": mode, "wall_s": wall, "contacts": contacts, "interactions": interactions,
+                      "records": contacts + interactions, "status": summary["status"],
+                      "reconciles": summary["reconciles"], "golden": summary["resolved"].get("new_golden", 0),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "stage_s": {k: round(v, 2) for k, v in sorted(stage_s.items(), key=lambda kv: -kv[1])}}),
+          flush=True)
+    return 0
+
+
+def _child(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench.pipeline_bench", *args], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **env}, **kw)
+
+
+def run_size(size: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"pipebench{size}-"))
+    info = work / "sandbox.json"
+    server = _child(["--serve", str(size), str(info)], {}, start_new_session=True)
+    try:
+        deadline = time.time() + 1800
+        while not info.exists():
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError("sandboxes did not start")
+            time.sleep(0.5)
+        out: dict[str, Any] = {"size": size}
+        for mode in ("plain", "prefect"):
+            env = {"OMNISYNC_SANDBOX_INFO": str(info), "OMNISYNC_HOME": str(work / mode),
+                   "OMNISYNC_DATABASE_URL": f"sqlite:///{work / mode / 'store.db'}"}
+            (work / mode).mkdir()
+            done = subprocess.run([sys.executable, "-m", "bench.pipeline_bench", "--measure", mode], cwd=REPO,
+                                  env={**os.environ, "PYTHONPATH": str(REPO), **env}, capture_output=True, text=True)
+            lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+            if done.returncode or not lines:
+                raise RuntimeError(f"{mode} run at {size} failed:\n{done.stderr[-3000:]}")
+            out[mode] = json.loads(lines[-1])
+        return out
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    sizes = (1_000, 10_000) if quick else (10_000, 100_000)
+    rows = []
+    print(f"{'people':>8} {'mode':>7} {'contacts':>9} {'interact.':>9} {'wall s':>8} {'rec/s':>8} {'peak MB':>8} "
+          f"{'reconciles':>10}")
+    for size in sizes:
+        r = run_size(size)
+        for mode in ("plain", "prefect"):
+            m = r[mode]
+            m["rps"] = m["records"] / m["wall_s"]
+            print(f"{size:>8} {mode:>7} {m['contacts']:>9} {m['interactions']:>9} {m['wall_s']:>8.1f} {m['rps']:>8.0f} "
+                  f"{m['peak_rss_mb']:>8.0f} {str(m['reconciles']):>10}", flush=True)
+        r["prefect_overhead_share"] = max(0.0, (r["prefect"]["wall_s"] - r["plain"]["wall_s"]) / r["prefect"]["wall_s"])
+        print(f"{'':>8} Prefect overhead: {r['prefect_overhead_share']:.1%} of the flow's wall time; plain stages (s): "
+              + ", ".join(f"{k} {v}" for k, v in list(r["plain"]["stage_s"].items())[:6]), flush=True)
+        rows.append(r)
+    small, big = rows
+    growth = {"data_x": big["size"] / small["size"],
+              "records_x": big["plain"]["records"] / max(1, small["plain"]["records"]),
+              "plain_time_x": big["plain"]["wall_s"] / small["plain"]["wall_s"],
+              "prefect_time_x": big["prefect"]["wall_s"] / small["prefect"]["wall_s"],
+              "peak_mem_x": big["plain"]["peak_rss_mb"] / small["plain"]["peak_rss_mb"]}
+    print("10x data -> " + ", ".join(f"{k} {v:.2f}" for k, v in growth.items()))
+    return {"rows": rows, "growth": growth}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"]:
+        sys.exit(serve(int(sys.argv[2]), sys.argv[3]))
+    if sys.argv[1:2] == ["--measure"]:
+        sys.exit(measure(sys.argv[2]))
+    main(quick="--quick" in sys.argv or os.environ.get("OMNISYNC_BENCH_QUICK") == "1")
