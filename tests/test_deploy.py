@@ -1,6 +1,7 @@
 """`prefect deploy --all` against a real local Prefect server registers every deployment of
 prefect.yaml as written (entrypoint, parameters, schedules, work pool, concurrency, the webhook
-trigger), a deployment run executes on a process worker, and the receiver's event starts a run.
+trigger), a deployment run executes on a process worker, the receiver's event starts a run, and
+a backfill's windows are shared by two process workers over one PostgreSQL store.
 
 One server per module (``prefect server start`` on a free port, SQLite under a temporary
 PREFECT_HOME); everything talks to it through the CLI and its REST API, so the session's
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -23,7 +25,7 @@ import yaml
 from sandbox.framework import SandboxCluster
 from sandbox.hubspot import HubSpotSandbox
 
-pytestmark = pytest.mark.slow  # a real server, a deploy and a worker: about a minute
+pytestmark = pytest.mark.slow  # a real server, a deploy and workers: about two minutes
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -172,3 +174,63 @@ def test_a_deployment_run_executes_on_a_process_worker_and_stores_the_vendor_rec
     assert [t["name"] for t in tasks] == ["sync hubspot/contacts"], "task names tell admins what ran"
     arts = deployed.http.post("/artifacts/filter", json={"artifacts": {"key": {"any_": ["sync-hubspot"]}}}).json()
     assert arts and arts[0]["type"] == "table", "the run published its counts table"
+
+
+@pytest.mark.postgres
+def test_a_backfill_spreads_its_windows_over_two_process_workers_on_one_postgres_store(deployed, tmp_path, pg_url):
+    sb = HubSpotSandbox(size=800, seed=8)
+    stamps = [ts for ts, _ in sb.stores["contacts"].by_ts()]
+    start = datetime.fromtimestamp(min(stamps) // 1000, timezone.utc)
+    end = datetime.fromtimestamp(max(stamps) // 1000 + 1, timezone.utc)
+    workers = []
+    with SandboxCluster([sb], workdir=tmp_path / "sb") as cluster:
+        info = tmp_path / "sandbox.json"
+        cluster.write_info(info)
+        env = {**deployed.env, "OMNISYNC_SANDBOX_INFO": str(info), "OMNISYNC_DATABASE_URL": pg_url,
+               "PREFECT_WORKER_QUERY_SECONDS": "1"}
+        deployed.cli("deployment", "run", "backfill/backfill", "--param", "system=hubspot", "--param", "stream=contacts",
+                     "--param", f"start={start.isoformat()}", "--param", f"end={end.isoformat()}",
+                     "--param", "partitions=8")
+        try:
+            for name in ("worker-a", "worker-b"):  # two slots each: the parent waits in one of them
+                log = open(tmp_path / f"{name}.log", "wb")
+                workers.append((name, log, subprocess.Popen(
+                    [PREFECT, "worker", "start", "--pool", "omnisync", "--type", "process", "--name", name,
+                     "--limit", "2"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)))
+            parent_dep = deployed.deployments()["backfill"]["id"]
+            deadline = time.time() + 240
+            while time.time() < deadline:
+                runs = deployed.flow_runs(parent_dep)
+                if runs and runs[0]["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                    break
+                time.sleep(1)
+        finally:
+            for _, log, proc in workers:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                log.close()
+        live = sb.summary()["contacts"]["live"]
+    assert runs[0]["state_type"] == "COMPLETED", runs[0]["state_name"]
+    parts = deployed.flow_runs(deployed.deployments()["backfill-partition"]["id"])
+    assert len(parts) == 8 and all(p["state_type"] == "COMPLETED" for p in parts)
+    assert len({p["parameters"]["partition"] for p in parts}) == 8, "each window ran exactly once"
+    # Both workers may claim a run; the server lets one submit it, the other aborts.
+    ran_by = {name: [p["name"] for p in parts
+                     if f"Flow run '{p['name']}' submitted to infrastructure" in (tmp_path / f"{name}.log").read_text(errors="replace")]
+              for name, _, _ in workers}
+    assert all(ran_by.values()), f"both workers took windows: {ran_by}"
+    assert not set(ran_by["worker-a"]) & set(ran_by["worker-b"]), "no window ran on both workers"
+
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(pg_url)
+    with eng.connect() as c:
+        rows = c.exec_driver_sql("select count(*), count(distinct external_id) from source_record "
+                                 "where system='hubspot' and stream='contacts' and not deleted").one()
+        windows = c.exec_driver_sql("select count(*) from checkpoint where system='hubspot' and partition <> ''").scalar()
+    eng.dispose()
+    assert rows[0] == rows[1] == live, "every contact stored once in the shared store"
+    assert windows == 8, "one checkpoint per window"
