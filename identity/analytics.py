@@ -18,8 +18,12 @@ Journey metrics (:func:`journey_metrics`), over contacts that started in ``[sinc
 The WFM feed (:func:`wfm_intervals`) gives contact volume and average handle time per channel and
 queue in 15-minute intervals, the input forecasting tools (NICE, Verint, Calabrio...) import.
 
-Everything streams over the ``(golden_id, started_at)`` or ``started_at`` index in one pass, so
-memory stays flat however long the timeline is.
+Contacts still filed under a merged-away golden id count for the survivor (through
+``golden_alias``); contacts not yet attached to anyone count in volumes and bot figures only.
+
+Everything streams in one pass through a server-side cursor (the WFM feed in ``started_at`` index
+order; journeys sorted by customer and time in the database), so memory stays flat however long
+the timeline is.
 """
 
 from __future__ import annotations
