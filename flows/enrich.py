@@ -37,7 +37,8 @@ def _targets(session: Session, after: int, limit: int) -> tuple[list[tuple[str, 
             profile = g.profile or {}
             if profile.get("cdp_user_id") or not profile.get("emails"):
                 continue
-            lookups.append(("email", profile["emails"][0]))
+            # every address: the CDP may know the person by a personal one the CRM never had
+            lookups += [("email", e) for e in profile["emails"][:3]]
     return lookups, rows[-1][0]
 
 

@@ -52,7 +52,7 @@ from identity.store import (
 )
 from omnisync.model import CustomerProfile
 from omnisync.privacy import mask_email, mask_phone
-from omnisync.records import utcnow
+from omnisync.records import as_utc, utcnow
 
 CHUNK = 500
 KIND_ORDER = {"ext": 0, "cdp": 1, "email": 2, "phone": 3}
@@ -130,7 +130,7 @@ class _Batch:
     def created_at(self, gid: str) -> Any:
         if gid not in self.created:
             g = self.session.get(GoldenRecord, gid)
-            self.created[gid] = g.created_at if g else utcnow()
+            self.created[gid] = as_utc(g.created_at) if g else utcnow()  # SQLite hands back naive times
         return self.created[gid]
 
 

@@ -297,7 +297,7 @@ class SandboxServer:
         kw: dict[str, Any] = {}
         if self.tls:
             kw = {"ssl_certfile": self.tls.cert, "ssl_keyfile": self.tls.key}
-        config = uvicorn.Config(sandbox.asgi(), host="127.0.0.1", port=self.port, log_level="warning",
+        config = uvicorn.Config(sandbox.asgi(), host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1,
                                 access_log=False, lifespan="off", timeout_keep_alive=30, **kw)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"sandbox-{sandbox.name}", daemon=True)

@@ -60,7 +60,7 @@ RETAINED = {
 def variants() -> list[str]:
     digits = HER.mobile.removeprefix("+1")
     return [HER.personal_email, HER.work_email, HER.mobile, digits, f"({digits[:3]}) {digits[3:6]}-{digits[6:]}",
-            f"{digits[:3]}-{digits[3:6]}-{digits[6:]}", HER.full_name, HER.last]
+            f"{digits[:3]}-{digits[3:6]}-{digits[6:]}", HER.full_name]  # not the bare surname: a Jonas Okafor exists
 
 
 def hits(doc, path=""):
@@ -132,7 +132,7 @@ def attach_heroine(engine) -> None:
 def sandbox_hits(cluster) -> dict[str, list[str]]:
     out = {}
     for name, entry in cluster.info().items():
-        doc = httpx.get(entry["base_url"] + "/_sandbox/export", timeout=30).json()
+        doc = httpx.get(entry["base_url"] + "/_sandbox/export", timeout=30, verify=entry.get("ca_cert") or True).json()
         out[name] = sorted(set(hits(doc)))
     return out
 
@@ -148,7 +148,8 @@ def store_hits(engine) -> list[str]:
 
 
 def vendor_requests(cluster) -> dict[str, int]:
-    return {n: httpx.get(e["base_url"] + "/_sandbox/requests").json()["total"] for n, e in cluster.info().items()}
+    return {n: httpx.get(e["base_url"] + "/_sandbox/requests", verify=e.get("ca_cert") or True).json()["total"]
+            for n, e in cluster.info().items()}
 
 
 def test_she_is_present_everywhere_before_erasure(world):
