@@ -11,7 +11,9 @@ Flows (names as they appear in the Prefect UI and prefect.yaml):
 * ``reconcile`` -- sweeps what no cursor shows (hard deletes, merges, formula/association changes);
 * ``replay-dead-letters``, ``erase-person``, ``journey-report``, ``drain-webhooks``.
 
-Every task handles a batch (a stream page loop, a resolution batch, a push chunk), never one record.
+A system that fails does not stop the others: ``omnichannel-sync`` then ends in a completed state
+named ``Partial`` whose message says what failed (or stopped on a quota), and its counts table
+shows the failed stream. Every task handles a batch (a stream page loop, a resolution batch, a push chunk), never one record.
 Retries are layered: tenacity inside connectors for transient HTTP faults; Prefect task retries only
 for coarse failures, refused for client errors (4xx) by :func:`retry_unless_client_error`.
 """
