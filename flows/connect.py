@@ -22,7 +22,7 @@ CONNECTORS: dict[str, str] = {
 BUDGETS: dict[str, tuple[float, int]] = {
     "salesforce": (25.0, 25),  # concurrency-limited; the daily quota is enforced by the connector
     "hubspot": (10.0, 100),  # 100 requests / 10 s (Free/Starter)
-    "zoom": (10.0, 20),
+    "zoom": (20.0, 20),  # "Medium" APIs: 20/s on Pro (60/s Business+); X-RateLimit-Remaining lowers it
     "twilio": (100.0, 100),
     "sendgrid": (10.0, 50),
     "segment": (50.0, 100),
