@@ -36,7 +36,7 @@ the path and query of the request are appended to it.
 
 Secrets come from the same typed credentials as the flows (``HubSpotCredentials.client_secret``,
 ``ZoomCredentials.webhook_secret``, ``TwilioCredentials.auth_token``,
-``SendGridCredentials.webhook_public_key``), loaded through ``flows.credentials`` (Prefect block,
+``SendGridCredentials.webhook_public_key``), loaded through ``omnisync.credentials`` (Prefect block,
 ``OMNISYNC_<SYSTEM>_*`` variables or the sandbox info file; blocks only when ``PREFECT_API_URL`` is
 set) and re-read every minute. A vendor without one answers 503. Requests without the signature
 headers are refused before any secret is looked up.
@@ -134,7 +134,7 @@ class CredentialSecrets:
         # server in this process (~20 s), far past the vendors' answer deadlines (Zoom: 3 s).
         from prefect.settings import PREFECT_API_URL
 
-        from flows.credentials import CredentialsMissing, load_credentials
+        from omnisync.credentials import CredentialsMissing, load_credentials
 
         try:
             creds = load_credentials(vendor, use_blocks=bool(PREFECT_API_URL.value()))

@@ -32,7 +32,7 @@ from typing import Any
 
 from connectors.http import RateBudget
 from flows.connect import connector_class
-from flows.credentials import from_sandbox_info
+from omnisync.credentials import from_sandbox_info
 from flows.push import execute_plan
 from flows.sync import sync_stream
 from identity.push import plan_push

@@ -1,7 +1,7 @@
 """Typed credentials for every vendor. Secrets are ``SecretStr`` and never printed.
 
 These are plain pydantic models: the flows load them from a Prefect block or from the
-environment (``flows.credentials``) and hand them to connectors. Connectors never read the
+environment (``omnisync.credentials``) and hand them to connectors. Connectors never read the
 environment themselves.
 """
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from connectors.base import Connector
 from connectors.http import RateBudget
-from flows.credentials import load_credentials
+from omnisync.credentials import load_credentials
 
 CONNECTORS: dict[str, str] = {
     "salesforce": "connectors.salesforce:SalesforceConnector",

@@ -201,7 +201,7 @@ def cmd_api_key(args: argparse.Namespace) -> int:
 
 def cmd_blocks(args: argparse.Namespace) -> int:
     from flows.blocks import save_block
-    from flows.credentials import MODELS, from_env, from_sandbox_info, sandbox_info
+    from omnisync.credentials import MODELS, from_env, from_sandbox_info, sandbox_info
 
     info = sandbox_info(args.from_sandbox_info) if args.from_sandbox_info else None
     saved = []

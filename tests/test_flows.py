@@ -22,7 +22,7 @@ from prefect import get_client
 from sqlmodel import func, select
 
 from flows.connect import make_connector
-from flows.credentials import from_sandbox_info
+from omnisync.credentials import from_sandbox_info
 from flows.pipeline import backfill, omnichannel_sync, split_windows, sync_system
 from flows.sync import sync_stream
 from identity.store import GoldenRecord, SourceRow, SyncRun, get_engine, session_scope

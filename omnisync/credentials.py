@@ -1,4 +1,4 @@
-"""Where flows get vendor credentials: a Prefect block, the environment, or a sandbox info file.
+"""Where flows and the webhook receiver get vendor credentials: a Prefect block, the environment, or a sandbox info file.
 
 Order: ``OMNISYNC_<SYSTEM>_<FIELD>`` environment variables when any is set; then the JSON written by
 ``omnisync sandbox --info FILE`` when ``OMNISYNC_SANDBOX_INFO`` names it (demo, tests, benchmarks);
