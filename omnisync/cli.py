@@ -313,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
 
     install_log_masking()
     args = build_parser().parse_args(argv)
-    return int(args.fn(args) or 0)
+    try:
+        return int(args.fn(args) or 0)
+    except LookupError as e:  # no such person / golden record: a message, not a traceback
+        print(f"omnisync {args.command}: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
