@@ -325,8 +325,6 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
             for path, value in desired.items():
                 if value in (None, ""):
                     continue  # never blank a field the target has: absence is not a fact
-                if path in links and row is not targets[0]:
-                    continue  # the golden-id link is unique in the vendor: only the oldest duplicate carries it
                 if _norm(current.get(path)) == _norm(value):
                     continue
                 if not_back_yet and path in wrote and _norm(wrote[path]) == _norm(value):
