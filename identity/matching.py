@@ -501,7 +501,7 @@ class Scorer:
         self._w_phone, self._w_phone_diff = w["phone"]["shared"], w["phone"]["different"]
         self._wf, self._wl = w["first_name"], w["last_name"]
         self._wd, self._wa = w["birth_date"], w["address"]
-        self._same_name = getattr(self.rules, "same_name", None) or self.rules._same_name
+        self._same_name = self.rules.same_name
         self._nick = self.rules.nickname_groups
         self._limits = self.rules.max_records_per_key
         self._name_cache: dict[tuple[str, str], str] = {}

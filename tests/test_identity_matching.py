@@ -172,3 +172,15 @@ def test_parse_birth_date_formats():
     assert parse_birth_date("1988-04-09") == parse_birth_date("04/09/1988") == parse_birth_date("19880409") \
         == parse_birth_date("09/04/1988", True) == 19880409
     assert parse_birth_date("1988-02-30") is None and parse_birth_date("soon") is None
+
+
+def test_one_edit_in_a_long_first_name_is_a_typo_but_not_in_a_short_one_or_the_first_letter():
+    from identity.rules import load_rules
+
+    rules = load_rules()
+    assert rules.same_name("emma", "enma") and rules.same_name("nora", "nura")  # JW 0.85: under the line
+    assert not rules.same_name("ana", "ama")      # three letters: too short to call it a typo
+    assert not rules.same_name("sara", "tara")    # typos keep the first letter
+    assert not rules.same_name("emma", "enna")    # two edits
+    assert not rules.names_conflict("Emma", "Lee", "Enma", "Lee")
+    assert rules.names_conflict("Sara", "Lee", "Tara", "Lee")
