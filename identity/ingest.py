@@ -114,11 +114,13 @@ def tombstone_hash(kind: str, value: str) -> str:
     return keyed_hash(f"{kind}:{value}", get_settings().tombstone_key.get_secret_value())
 
 
-def _tombstoned(session: Session, values: Iterable[tuple[str, str]]) -> bool:
-    hashes = [tombstone_hash(kind, v) for kind, v in values if v]
-    if not hashes:
-        return False
-    return session.exec(select(Tombstone.key_hash).where(Tombstone.key_hash.in_(hashes)).limit(1)).first() is not None
+def _tombstoned(session: Session, hashes: Iterable[str]) -> set[str]:
+    """The ``hashes`` that an erasure left a tombstone for (one query per CHUNK of them)."""
+    todo = sorted(set(hashes))
+    found: set[str] = set()
+    for i in range(0, len(todo), CHUNK):
+        found.update(session.exec(select(Tombstone.key_hash).where(Tombstone.key_hash.in_(todo[i:i + CHUNK]))))
+    return found
 
 
 def _identifiers(mapped: dict[str, Any]) -> list[tuple[str, str]]:
@@ -187,8 +189,60 @@ def _ledger(session: Session, system: str, stream: str, ids: list[str]) -> dict[
     return found
 
 
+@dataclass
+class _Known:
+    """Interaction and consent rows of one batch, looked up once per page instead of once per record.
+
+    Inside the batch nothing is flushed until the end (no autoflush), so these maps are also how a
+    second record of the same interaction or consent event finds the row the first one added.
+    """
+
+    interactions: dict[tuple[str, str], InteractionRow] = field(default_factory=dict)
+    consent: set[tuple[str, str]] = field(default_factory=set)
+    looked_up: set[tuple[str, str, str]] = field(default_factory=set)  # (table, system, external_id)
+
+    def load(self, session: Session, interaction_keys: Iterable[tuple[str, str]],
+             consent_keys: Iterable[tuple[str, str]]) -> None:
+        todo = sorted({k for k in interaction_keys if ("i", *k) not in self.looked_up})
+        for i in range(0, len(todo), CHUNK):
+            part = todo[i:i + CHUNK]
+            # Locked in key order, like the source rows: concurrent writers of one interaction queue up.
+            for row in session.exec(select(InteractionRow).where(tuple_(InteractionRow.system,
+                                                                        InteractionRow.external_id).in_(part))
+                                    .order_by(InteractionRow.system, InteractionRow.external_id).with_for_update()):
+                self.interactions[(row.system, row.external_id)] = row
+        self.looked_up.update(("i", *k) for k in todo)
+        todo = sorted({k for k in consent_keys if ("c", *k) not in self.looked_up})
+        for i in range(0, len(todo), CHUNK):
+            part = todo[i:i + CHUNK]
+            self.consent.update(session.exec(select(ConsentEventRow.system, ConsentEventRow.external_id).where(
+                tuple_(ConsentEventRow.system, ConsentEventRow.external_id).in_(part))))
+        self.looked_up.update(("c", *k) for k in todo)
+
+
+@dataclass
+class _Mapped:
+    """A record that passed the version check and mapped: what the second pass needs of it."""
+
+    record: SourceRecord
+    row: SourceRow | None
+    fp: str
+    modified: Any
+    mapped: dict[str, Any]
+    hashes: list[str]
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    return str(obj.get("system")), str(obj.get("external_id"))
+
+
 def ingest_records(session: Session, records: list[SourceRecord], *, run_id: str | None = None) -> Counts:
-    """Store, map and classify a batch of source records (no commit; the caller owns the transaction)."""
+    """Store, map and classify a batch of source records (no commit; the caller owns the transaction).
+
+    Per (system, stream) the store is asked a fixed number of questions whatever the batch size:
+    existing source rows, ledger entries, tombstones of every identifier, interaction rows and
+    consent events, each one ``IN (...)`` query per CHUNK; then everything is flushed once.
+    """
     counts = Counts()
     latest: dict[tuple[str, str, str], SourceRecord] = {}
     for r in records:
@@ -205,34 +259,50 @@ def ingest_records(session: Session, records: list[SourceRecord], *, run_id: str
     for r in latest.values():
         by_stream.setdefault((r.system, r.stream), []).append(r)
 
-    for (system, stream), recs in by_stream.items():
-        try:
-            mappings = mappings_for(system, stream)
-        except MappingConfigError as e:
-            for r in recs:
-                dead_letter(session, system=system, stream=stream, external_id=r.external_id, stage="map",
-                            reason=str(e), payload={"record": r.model_dump(mode="json")}, run_id=run_id)
-                counts.bump(system, stream, "dead_lettered")
-            continue
-        ids = sorted(r.external_id for r in recs)
-        existing = _existing(session, system, stream, ids)
-        ledger = _ledger(session, system, stream, ids)
-        for r in recs:
-            _ingest_one(session, r, mappings, existing.get(r.external_id), ledger.get(r.external_id),
-                        counts, run_id)
+    session.flush()  # what the caller added before is visible to the lookups below
+    known = _Known()
+    with session.no_autoflush:  # one flush at the end, not one before every lookup
+        for (system, stream), recs in by_stream.items():
+            try:
+                mappings = mappings_for(system, stream)
+            except MappingConfigError as e:
+                for r in recs:
+                    dead_letter(session, system=system, stream=stream, external_id=r.external_id, stage="map",
+                                reason=str(e), payload={"record": r.model_dump(mode="json")}, run_id=run_id)
+                    counts.bump(system, stream, "dead_lettered")
+                continue
+            ids = sorted(r.external_id for r in recs)
+            existing = _existing(session, system, stream, ids)
+            ledger = _ledger(session, system, stream, ids)
+            todo = [m for r in recs
+                    if (m := _check_and_map(session, r, mappings, existing.get(r.external_id), counts, run_id))]
+            blocked = _tombstoned(session, (h for m in todo for h in m.hashes))
+            live = []
+            for m in todo:
+                if blocked.intersection(m.hashes):
+                    counts.bump(system, stream, "suppressed")
+                else:
+                    live.append(m)
+            known.load(session,
+                       [_key(m.mapped["interaction"]) for m in live
+                        if "interaction" in m.mapped and m.record.external_id not in ledger],
+                       [_key(m.mapped["consent"]) for m in live if "consent" in m.mapped])
+            for m in live:
+                _store_one(session, m, ledger.get(m.record.external_id), counts, known)
     session.flush()
     return counts
 
 
-def _ingest_one(session: Session, r: SourceRecord, mappings: tuple[Mapping, ...], row: SourceRow | None,
-                ledger: OutboundLedger | None, counts: Counts, run_id: str | None) -> None:
+def _check_and_map(session: Session, r: SourceRecord, mappings: tuple[Mapping, ...], row: SourceRow | None,
+                   counts: Counts, run_id: str | None) -> _Mapped | None:
+    """First pass over one record: version check, deletes, mapping. Returns what is left to store."""
     fp = fingerprint(r.payload)
     modified = as_utc(r.modified_at)
     if row is not None:
         stored_at = as_utc(row.modified_at)
         if stored_at > modified or (stored_at == modified and row.fingerprint == fp and row.deleted == r.deleted):
             counts.bump(r.system, r.stream, "unchanged")  # an overlap re-read or a late, older version
-            return
+            return None
 
     if r.deleted or r.merged_into:
         if row is None:
@@ -244,7 +314,7 @@ def _ingest_one(session: Session, r: SourceRecord, mappings: tuple[Mapping, ...]
         session.add(row)
         counts.bump(r.system, r.stream, "stored")
         counts.bump(r.system, r.stream, "deleted" if not r.merged_into else "merged_away")
-        return
+        return None
 
     try:
         mapped = _map(mappings, r)
@@ -252,14 +322,17 @@ def _ingest_one(session: Session, r: SourceRecord, mappings: tuple[Mapping, ...]
         dead_letter(session, system=r.system, stream=r.stream, external_id=r.external_id, stage="map",
                     reason=str(e), payload={"record": r.model_dump(mode="json")}, run_id=run_id)
         counts.bump(r.system, r.stream, "dead_lettered")
-        return
+        return None
     if not mapped:
         counts.bump(r.system, r.stream, "unchanged")  # e.g. an SMS event that carries no consent change
-        return
-    if _tombstoned(session, _identifiers(mapped)):
-        counts.bump(r.system, r.stream, "suppressed")
-        return
+        return None
+    hashes = [tombstone_hash(kind, v) for kind, v in _identifiers(mapped) if v]
+    return _Mapped(r, row, fp, modified, mapped, hashes)
 
+
+def _store_one(session: Session, m: _Mapped, ledger: OutboundLedger | None, counts: Counts, known: _Known) -> None:
+    """Second pass over one record (not erased): echo, unmapped-only change, or a new fact."""
+    r, row, fp, modified, mapped = m.record, m.row, m.fp, m.modified, m.mapped
     if "interaction" in mapped and ledger is not None:
         # An activity omnisync itself wrote (the copy of another system's interaction) read back:
         # the original is on the timeline already, so the copy is our echo, not a new fact.
@@ -298,30 +371,35 @@ def _ingest_one(session: Session, r: SourceRecord, mappings: tuple[Mapping, ...]
     session.add(row)
     counts.bump(r.system, r.stream, "stored")
     if "interaction" in mapped:
-        _upsert_interaction(session, mapped["interaction"], fp)
+        _upsert_interaction(session, mapped["interaction"], fp, known)
     if "consent" in mapped:
-        _insert_consent(session, mapped["consent"])
+        _insert_consent(session, mapped["consent"], known)
 
 
-def _upsert_interaction(session: Session, data: dict[str, Any], fp: str) -> None:
+def _upsert_interaction(session: Session, data: dict[str, Any], fp: str, known: _Known) -> None:
     it = Interaction.model_validate(data)
-    row = session.exec(select(InteractionRow).where(InteractionRow.system == it.system,
-                                                    InteractionRow.external_id == it.external_id)
-                       .with_for_update()).one_or_none()
+    row = known.interactions.get((it.system, it.external_id))
+    if row is None:
+        if ("i", it.system, it.external_id) not in known.looked_up:  # not one of the page's keys
+            known.load(session, [(it.system, it.external_id)], [])
+            row = known.interactions.get((it.system, it.external_id))
     if row is None:
         row = InteractionRow(system=it.system, external_id=it.external_id, channel=it.channel.value,
                              direction=it.direction.value, started_at=it.started_at, fingerprint=fp)
+        known.interactions[(it.system, it.external_id)] = row
     row.channel, row.direction, row.started_at, row.ended_at = it.channel.value, it.direction.value, it.started_at, it.ended_at
     row.queue, row.agent, row.disposition, row.summary = it.queue, it.agent, it.disposition, it.summary
     row.fingerprint, row.data = fp, data
     session.add(row)
 
 
-def _insert_consent(session: Session, data: dict[str, Any]) -> None:
+def _insert_consent(session: Session, data: dict[str, Any], known: _Known) -> None:
     ev = ConsentEvent.model_validate(data)
-    exists = session.exec(select(ConsentEventRow.id).where(ConsentEventRow.system == ev.system,
-                                                           ConsentEventRow.external_id == ev.external_id)).first()
-    if exists is None:
+    key = (ev.system, ev.external_id)
+    if ("c", *key) not in known.looked_up:
+        known.load(session, [], [key])
+    if key not in known.consent:
+        known.consent.add(key)
         session.add(ConsentEventRow(system=ev.system, external_id=ev.external_id, channel=ev.channel.value,
                                     purpose=ev.purpose.value, status=ev.status.value, occurred_at=ev.occurred_at,
                                     data=data))
