@@ -11,8 +11,9 @@ One file per system and stream under ``mappings/<system>/<stream>.yaml``::
       consent.email.marketing: {source: properties.hs_email_optout, transform: optout_flag}
       channel:    {const: sms}
 
-* ``source`` is a dotted path into the payload, or a list of paths gathered into a list field
-  (``emails``, ``phones``); outbound writes the list's first element to the first path.
+* ``source`` is a dotted path into the payload, or a list of paths: gathered into a list field
+  (``emails``, ``phones``), or for any other field the first path with a value wins (a fallback,
+  e.g. a custom start time, else the creation time); outbound writes to the first path.
   ``$`` is the whole payload, for inbound-only transforms that read several vendor fields at once
   (an SMS's customer is ``from`` or ``to`` depending on its direction).
 * ``transform`` names a function in :mod:`mappings.transforms` (inverse used outbound).
@@ -118,8 +119,12 @@ class Mapping:
         if fm.const is not None:
             return fm.const
         fn = TRANSFORMS[fm.transform].inbound
-        if len(fm.sources) == 1 and not _is_list_target(fm.target):
-            return fn(dig(payload, fm.sources[0]))
+        if not _is_list_target(fm.target):
+            for src in fm.sources:
+                v = fn(dig(payload, src))
+                if v is not None:
+                    return v
+            return None
         out = []
         for src in fm.sources:
             raw = dig(payload, src)
