@@ -5,7 +5,20 @@ rows (``IsDeleted``) and merge losers (``MasterRecordId``, reported as ``merged_
 one ordered pass, so a single compound cursor covers changes and deletions alike. The lower bound
 is built with ``format_soql``: the stored cursor minus the overlap window, or, with no overlap
 (and whenever a query locator is lost mid-read), the exact ``(SystemModstamp, Id)`` pair, so rows
-sharing one second are never skipped nor repeated. Writes go through sObject Collections, 200
+sharing one second are never skipped nor repeated.
+
+Large reads switch to Bulk API 2.0: when the first REST page says more than ``bulk_threshold`` rows
+match (``totalSize``), its rows are delivered and the rest (everything after the last row delivered)
+is read by one ``queryAll`` query job: create, poll its state, then fetch CSV pages of
+``bulk_page`` rows following ``Sforce-Locator``. A page whose row count differs from
+``Sforce-NumberOfRecords`` was cut short and is fetched again with the same locator. Bulk results
+come in Id order (PK chunking), so the cursor moves only with the job's last page.
+
+Tasks carry their start time in the custom ``Omnisync_Started_At__c`` (``ActivityDate`` is only a
+date): omnisync writes it, and the ``ActivityDate`` of that day in UTC, on the activities it logs
+(a Task logged in Salesforce has none: the mapping falls back to its ``CreatedDate``).
+
+Writes go through sObject Collections, 200
 records a call with ``allOrNone`` false: updates by Id, upserts on an external-id field
 (``Omnisync_Golden_Id__c`` for people, ``Omnisync_Interaction_Id__c`` for activities), each
 result tied to its input by position. ``Sforce-Limit-Info`` feeds the daily budget; the sync stops
@@ -14,8 +27,11 @@ cleanly before the allocation is spent.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
@@ -23,6 +39,7 @@ from typing import Any
 
 import requests
 from simple_salesforce import Salesforce
+from simple_salesforce.bulk2 import Operation
 from simple_salesforce.exceptions import SalesforceError
 from simple_salesforce.format import format_soql
 
@@ -41,6 +58,11 @@ from omnisync.records import Cursor, OutboundRecord, Page, SourceRecord, WriteOu
 
 COLLECTION = 200
 QUERY_BATCH = 2000
+# Above this many rows a read goes to Bulk API 2.0: 50,000 rows a call instead of 2,000.
+BULK_THRESHOLD = 10_000
+BULK_PAGE = 50_000
+BULK_POLL_S = 0.5
+BULK_TIMEOUT_S = 3600.0
 # Keep a reserve of the daily allocation for people working in Salesforce itself.
 QUOTA_RESERVE = 0.02
 SYSTEM_FIELDS = ["Id", "IsDeleted", "MasterRecordId", "CreatedDate", "LastModifiedDate", "SystemModstamp"]
@@ -52,8 +74,13 @@ FIELDS = {
               "PostalCode", "Country", "Status", "LeadSource", "HasOptedOutOfEmail", "DoNotCall", "IsConverted",
               "ConvertedContactId", "Omnisync_Golden_Id__c"],
     "tasks": ["WhoId", "OwnerId", "Subject", "Description", "TaskSubtype", "CallType", "CallDurationInSeconds",
-              "CallDisposition", "ActivityDate", "Status", "Omnisync_Interaction_Id__c"],
+              "CallDisposition", "ActivityDate", "Status", "Omnisync_Interaction_Id__c", "Omnisync_Started_At__c"],
 }
+# Typed fields, to give CSV rows (Bulk API) the shape REST returns.
+BOOL_FIELDS = {"IsDeleted", "HasOptedOutOfEmail", "DoNotCall", "IsConverted"}
+INT_FIELDS = {"CallDurationInSeconds"}
+DATETIME_FIELDS = {"CreatedDate", "LastModifiedDate", "SystemModstamp", "Omnisync_Started_At__c"}
+STARTED_AT = "Omnisync_Started_At__c"
 SOBJECT = {"contacts": "Contact", "leads": "Lead", "tasks": "Task"}
 EXTERNAL_ID = {"contacts": "Omnisync_Golden_Id__c", "leads": "Omnisync_Golden_Id__c",
                "tasks": "Omnisync_Interaction_Id__c"}
@@ -106,13 +133,21 @@ class SalesforceConnector(Connector):
 
     def __init__(self, credentials: SalesforceCredentials, *, budget: RateBudget | None = None,
                  policy: RetryPolicy | None = None, timeout: float = 60.0, query_batch: int = QUERY_BATCH,
-                 overlap: timedelta | None = None):
+                 overlap: timedelta | None = None, bulk_threshold: int | None = BULK_THRESHOLD,
+                 bulk_page: int = BULK_PAGE, bulk_poll_s: float = BULK_POLL_S,
+                 bulk_timeout_s: float = BULK_TIMEOUT_S):
+        """``bulk_threshold``: rows above which a read goes to Bulk API 2.0 (None: never)."""
         self.creds = credentials
+        self.bulk_threshold = bulk_threshold
+        self.bulk_page = bulk_page
+        self.bulk_poll_s = bulk_poll_s
+        self.bulk_timeout_s = bulk_timeout_s
         self.budget = budget or RateBudget(25.0, 25)
         self.policy = policy or RetryPolicy()
         self.query_batch = query_batch
         self.overlap = overlap
         self.calls: Counter = Counter()
+        self.bulk_jobs: list[str] = []
         self.retries = 0
         self.usage: tuple[int, int] | None = None  # (used, total) from Sforce-Limit-Info
         self.session = _Instrumented(self, credentials.ca_bundle or True, (min(timeout, 10.0), timeout))
@@ -160,7 +195,7 @@ class SalesforceConnector(Connector):
             except requests.ConnectionError as e:
                 raise TransientError(f"{what}: connection failed ({type(e).__name__})", system=self.system) from e
             except ValueError as e:  # a truncated body is a transport fault in disguise
-                raise TransientError(f"{what}: unreadable JSON (truncated response)", system=self.system) from e
+                raise TransientError(f"{what}: unreadable body (truncated response)", system=self.system) from e
 
         def on_retry(_: BaseException) -> None:
             self.retries += 1
@@ -183,9 +218,10 @@ class SalesforceConnector(Connector):
 
     # --- reading -------------------------------------------------------------------------------
     def soql(self, stream: str, after: tuple[datetime, str] | None, since: datetime | None,
-             until: datetime | None) -> str:
+             until: datetime | None, *, ordered: bool = True) -> str:
         """The read query: every field of ``stream`` after a compound ``(SystemModstamp, Id)`` mark,
-        or from ``since`` inclusive; values quoted by ``format_soql``, never concatenated."""
+        or from ``since`` inclusive; values quoted by ``format_soql``, never concatenated.
+        ``ordered=False`` for Bulk jobs: ORDER BY turns Salesforce's PK chunking off."""
         system = [f for f in SYSTEM_FIELDS if stream != "tasks" or f != "MasterRecordId"]  # Tasks never merge
         fields = ", ".join(system + FIELDS[stream])
         conditions: list[str] = []
@@ -200,7 +236,7 @@ class SalesforceConnector(Connector):
         if stream == "tasks":
             where = (where + TASK_FILTER) if where else TASK_FILTER.removeprefix(" AND ")
         return f"SELECT {fields} FROM {SOBJECT[stream]}" + (f" WHERE {where}" if where else "") + \
-            " ORDER BY SystemModstamp, Id"
+            (" ORDER BY SystemModstamp, Id" if ordered else "")
 
     def read(self, stream: str, cursor: Cursor | None = None, *, until: datetime | None = None) -> Iterator[Page]:
         spec = self.stream(stream)
@@ -216,6 +252,8 @@ class SalesforceConnector(Connector):
         body = self._call(f"query {stream}", lambda: self.sf.query(
             self.soql(stream, after, since, until), include_deleted=True, headers=headers))
         last: tuple[datetime, str] | None = None  # the last row delivered (the cursor may be ahead of it)
+        bulk = self.bulk_threshold is not None and not body.get("done", True) and \
+            int(body.get("totalSize") or 0) > self.bulk_threshold
         while True:
             records = [self._record(stream, row) for row in body.get("records") or []]
             cur = cur.advance(records)
@@ -223,6 +261,10 @@ class SalesforceConnector(Connector):
                 last = (records[-1].modified_at, records[-1].external_id)
                 yield Page(records, cur)
             if body.get("done", True) or not body.get("nextRecordsUrl"):
+                return
+            if bulk and last is not None:
+                # The locator is simply left to expire (Salesforce has no call to close one).
+                yield from self._bulk_read(stream, last, until, cur)
                 return
             try:
                 body = self._call(f"query more {stream}", lambda u=body["nextRecordsUrl"]: self.sf.query_more(
@@ -234,6 +276,55 @@ class SalesforceConnector(Connector):
                 # the last row delivered, so the rest of the overlap window is still re-read.
                 body = self._call(f"query {stream}", lambda m=last: self.sf.query(
                     self.soql(stream, m, None, until), include_deleted=True, headers=headers))
+
+    def _bulk_read(self, stream: str, after: tuple[datetime, str], until: datetime | None,
+                   cur: Cursor) -> Iterator[Page]:
+        """Every row after ``after`` through one Bulk 2.0 ``queryAll`` job.
+
+        Pages before the last carry the cursor the read started from: the rows are in Id order, so
+        no mark is safe until all of them are durable. A crash mid-job re-reads the job's rows."""
+        sobject = SOBJECT[stream]
+        client = getattr(self.sf.bulk2, sobject)._client  # the SDK's job calls, one at a time, each retried
+        soql = self.soql(stream, after, None, until, ordered=False)
+        job = self._call(f"bulk query {stream}", lambda: client.create_job(Operation.query_all, soql))
+        job_id = job["id"]
+        self.bulk_jobs.append(job_id)
+        deadline = time.monotonic() + self.bulk_timeout_s
+        wait = self.bulk_poll_s
+        while True:
+            time.sleep(wait)
+            info = self._call(f"bulk job {stream}", lambda: client.get_job(job_id, True))
+            state = info.get("state")
+            if state == "JobComplete":
+                break
+            if state in ("Failed", "Aborted"):
+                raise ConnectorError(f"bulk query job {job_id} for {stream} {state.lower()}: "
+                                     f"{_scrub(info.get('errorMessage') or 'no reason given')[:200]}",
+                                     system=self.system, action="Re-run the sync; it resumes from the stored cursor.")
+            if time.monotonic() > deadline:
+                raise TransientError(f"bulk query job {job_id} for {stream} still {state} after "
+                                     f"{self.bulk_timeout_s:.0f} s", system=self.system)
+            wait = min(wait * 1.5, 10.0)
+        start, best, locator = cur, cur, ""
+        while True:
+            page = self._call(f"bulk results {stream}", lambda loc=locator: self._bulk_page(client, job_id, loc))
+            records = [self._record(stream, row) for row in page["rows"]]
+            best = best.advance(records)
+            locator = page["locator"]
+            if not locator:
+                if records or best != start:
+                    yield Page(records, best)
+                return
+            if records:
+                yield Page(records, start)
+
+    def _bulk_page(self, client: Any, job_id: str, locator: str) -> dict[str, Any]:
+        res = client.get_query_results(job_id, locator, self.bulk_page)
+        rows = [bulk_row(r) for r in csv.DictReader(io.StringIO(res["records"]))]
+        if len(rows) != res["number_of_records"]:
+            raise TransientError(f"bulk results of job {job_id}: {len(rows)} rows where Sforce-NumberOfRecords "
+                                 f"says {res['number_of_records']} (truncated response)", system=self.system)
+        return {"rows": rows, "locator": res["locator"]}
 
     def _record(self, stream: str, row: dict[str, Any]) -> SourceRecord:
         row = {k: v for k, v in row.items() if k != "attributes"}
@@ -256,6 +347,12 @@ class SalesforceConnector(Connector):
             if stream == "tasks":
                 fields[ext] = fields.get(ext) or r.key
                 fields.setdefault("Status", "Completed")  # omnisync logs activities that happened
+                started = fields.get(STARTED_AT)
+                if started and not fields.get("ActivityDate"):
+                    try:
+                        fields["ActivityDate"] = _parse_dt(str(started)).astimezone(timezone.utc).date().isoformat()
+                    except ValueError:
+                        pass  # Salesforce names the bad start time in the record's own result
                 if r.associations.get("contact"):
                     fields["WhoId"] = r.associations["contact"]
                 upserts.append((i, r, fields))
@@ -340,6 +437,25 @@ class SalesforceConnector(Connector):
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+
+def bulk_row(row: dict[str, str]) -> dict[str, Any]:
+    """A Bulk 2.0 CSV row in the shape REST returns: nulls, booleans, numbers and ``+0000`` datetimes."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if v == "" or v is None:
+            out[k] = False if k in BOOL_FIELDS else None
+        elif k in BOOL_FIELDS:
+            out[k] = v == "true"
+        elif k in INT_FIELDS:
+            out[k] = int(float(v))
+        elif k in DATETIME_FIELDS and v.endswith("Z"):
+            out[k] = v[:-1] + "+0000"
+        else:
+            out[k] = v
+    return out
+
 
 def _fields(r: OutboundRecord) -> dict[str, Any]:
     return {k: v for k, v in r.payload.items() if k not in ("attributes", "Id")}

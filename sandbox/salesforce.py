@@ -21,6 +21,16 @@ Vendor behaviour reproduced on purpose (specs/README.md, "Salesforce"):
   results ``{"id","success","errors","created"}``, ``allOrNone`` honoured. ``Omnisync_Golden_Id__c``
   is an external id without the Unique attribute (linked duplicates share it; an upsert matching
   several records fails with ``DUPLICATE_EXTERNAL_ID``); ``Omnisync_Interaction_Id__c`` is unique.
+* Bulk API 2.0 query jobs: ``POST /jobs/query`` (``query`` or ``queryAll``), ``GET /jobs/query/{id}``
+  (``UploadComplete`` -> ``InProgress`` -> ``JobComplete`` after ``bulk_job_s`` seconds),
+  ``GET /jobs/query/{id}/results?maxRecords=&locator=`` as CSV (every value quoted, nulls empty,
+  datetimes in UTC with ``Z``) with ``Sforce-Locator`` (``null`` on the last page) and
+  ``Sforce-NumberOfRecords`` headers, ``PATCH`` (abort) and ``DELETE``. Results are snapshotted when the
+  job is created and come in Id order (PK chunking), not in ``ORDER BY SystemModstamp`` order unless
+  the query asks for it. Aggregates and ``GROUP BY`` are refused, as the SOQL subset refuses them.
+* Task start times: Tasks have no start datetime of their own (``ActivityDate`` is a date), so the org
+  has a custom ``Omnisync_Started_At__c`` datetime (millisecond precision) omnisync writes on the
+  activities it logs.
 * ``GET /sobjects/{SObject}/deleted/?start=&end=`` (at most 15 days back) and ``.../updated/`` (30
   days), ``GET /limits/``.
 * ``Sforce-Limit-Info: api-usage=used/total`` on every response; 403 ``REQUEST_LIMIT_EXCEEDED`` once
@@ -35,8 +45,11 @@ Sandbox-only routes: ``PATCH/DELETE /_sandbox/sobjects/{SObject}/{id}`` (a user 
 
 from __future__ import annotations
 
+import base64
 import bisect
+import csv
 import heapq
+import io
 import json
 import random
 import re
@@ -57,6 +70,8 @@ SESSION_ID = "00Dsandbox!sandbox-session-id"
 API_VERSION = "59.0"
 BATCH_DEFAULT = 2000
 BATCH_MIN = 200
+BULK_RESULTS_DEFAULT = 50_000  # rows a results page holds when maxRecords is not given
+BULK_JOB_TYPE = "750"
 COLLECTION_MAX = 200
 MAX_LOCATORS = 10
 DAILY_LIMIT = 100_000
@@ -85,7 +100,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     "Task": {"Id": "id", "WhoId": "ref", "OwnerId": "ref", "Subject": "str", "Description": "str",
              "TaskSubtype": "str", "CallType": "str", "CallDurationInSeconds": "int", "CallDisposition": "str",
              "ActivityDate": "date", "Status": "str", "Priority": "str", "Omnisync_Interaction_Id__c": "str",
-             "IsDeleted": "bool", "CreatedDate": "datetime", "LastModifiedDate": "datetime",
+             "Omnisync_Started_At__c": "datetime", "IsDeleted": "bool", "CreatedDate": "datetime", "LastModifiedDate": "datetime",
              "SystemModstamp": "datetime"},
 }
 READ_ONLY = {"Id", "MasterRecordId", "IsDeleted", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsConverted",
@@ -145,7 +160,24 @@ def parse_id(value: str) -> tuple[str, int] | None:
 
 
 def sf_datetime(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + ".000+0000"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}+0000"
+
+
+def parse_datetime_ms(value: Any) -> int | None:
+    """Epoch ms of an ISO 8601 datetime as Salesforce accepts it (``Z``, ``+00:00`` or ``+0000``);
+    None when it is not one. A value without an offset is refused: Salesforce would read it as GMT,
+    which hides a caller's bug."""
+    s = str(value).strip()
+    m = re.fullmatch(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?)(Z|[+-]\d{2}:?\d{2})", s)
+    if m is None:
+        return None
+    off = "+00:00" if m.group(2) == "Z" else m.group(2)
+    if len(off) == 5:
+        off = off[:3] + ":" + off[3:]
+    try:
+        return int(round(datetime.fromisoformat(m.group(1) + off).timestamp() * 1000))
+    except ValueError:
+        return None
 
 
 def _now_s() -> int:
@@ -530,6 +562,21 @@ class Locator:
     expires: float
 
 
+@dataclass
+class QueryJob:
+    id: str
+    operation: str
+    query: str
+    sobject: str
+    fields: list[str]
+    recs: list[Rec]  # the rows as they were when the job ran (records are replaced, never mutated)
+    created: int  # ms
+    ready_at: float  # monotonic time the job completes
+    state: str = "UploadComplete"
+    delimiter: str = ","
+    line_ending: str = "\n"
+
+
 class SalesforceSandbox(Sandbox):
     name = "salesforce"
     tls = True
@@ -541,6 +588,7 @@ class SalesforceSandbox(Sandbox):
         self.keep_alive = keep_alive
         self.daily_limit = DAILY_LIMIT
         self.locator_ttl_s = 15 * 60.0
+        self.bulk_job_s = 0.05  # how long a Bulk 2.0 query job runs before JobComplete
         super().__init__(size=size, seed=seed)
 
     # --- framework hooks ------------------------------------------------------------------------
@@ -594,6 +642,7 @@ class SalesforceSandbox(Sandbox):
     def seed(self) -> None:
         n, s = self.size, self.seed_value
         self.locators: OrderedDict[str, Locator] = OrderedDict()
+        self.jobs: dict[str, QueryJob] = {}
         self.locator_seq = 0
         self._who_cache: dict[int, tuple[int, int]] = {}
         self.junk_at = {n * k // 5 + 3: JUNK_EMAILS[k - 1] for k in range(1, 5)} if n >= 50 else {}
@@ -750,7 +799,8 @@ class SalesforceSandbox(Sandbox):
         when = min(when, ts)
         f.update({"WhoId": sf_id("Contact", who + 1), "OwnerId": r.choice(USER_IDS),
                   "ActivityDate": time.strftime("%Y-%m-%d", time.gmtime(when // 1000)), "Status": "Completed",
-                  "Priority": "Normal", "Omnisync_Interaction_Id__c": None, "CreatedDate": when})
+                  "Priority": "Normal", "Omnisync_Interaction_Id__c": None, "Omnisync_Started_At__c": None,
+                  "CreatedDate": when})
         return Rec(k + 1, f, ts, when, deleted=state == "deleted")
 
     # --- rendering --------------------------------------------------------------------------------
@@ -830,6 +880,108 @@ class SalesforceSandbox(Sandbox):
             raise ApiError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
         return self._page(loc, key)
 
+    # --- Bulk API 2.0 query jobs ----------------------------------------------------------------------
+    def _select(self, query: Query, *, all_rows: bool) -> list[int]:
+        t = self.tables[query.sobject]
+        nums = []
+        for _, num in t.by_ts(lower_bound(query.where)):
+            rec = t.get(num)
+            if rec is None or (rec.deleted and not all_rows):
+                continue
+            if evaluate(query.where, self._row(query.sobject, rec)):
+                nums.append(num)
+        return nums
+
+    def create_query_job(self, body: Any) -> QueryJob:
+        if not isinstance(body, dict):
+            raise ApiError(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+        op = body.get("operation")
+        if op not in ("query", "queryAll"):
+            raise ApiError(400, "INVALIDJOB", f"InvalidJob : operation must be query or queryAll, not "
+                           f"{str(op)[:20]!r}")
+        if body.get("contentType", "CSV") != "CSV":
+            raise ApiError(400, "INVALIDJOB", "InvalidJob : contentType must be CSV")
+        delimiters = {"COMMA": ",", "TAB": "\t", "PIPE": "|", "SEMICOLON": ";", "CARET": "^", "BACKQUOTE": "`"}
+        delim = delimiters.get(body.get("columnDelimiter", "COMMA"))
+        ending = {"LF": "\n", "CRLF": "\r\n"}.get(body.get("lineEnding", "LF"))
+        if delim is None or ending is None:
+            raise ApiError(400, "INVALIDJOB", "InvalidJob : unknown columnDelimiter or lineEnding")
+        q = body.get("query")
+        if not isinstance(q, str) or not q.strip():
+            raise ApiError(400, "INVALIDJOB", "InvalidJob : a query job needs a query")
+        query = parse_soql(q)
+        _check_fields(query)
+        t = self.tables[query.sobject]
+        nums = self._select(query, all_rows=op == "queryAll")
+        if query.order:
+            for f, desc in reversed(query.order):
+                nums.sort(key=lambda n: _sort_key(self._row(query.sobject, t.get(n)).get(f)), reverse=desc)
+        else:
+            nums.sort()  # PK chunking: Id ranges, not modification order
+        if query.limit is not None:
+            nums = nums[:query.limit]
+        self.locator_seq += 1
+        digits = ""
+        n = self.locator_seq
+        for _ in range(9):
+            n, r = divmod(n, 62)
+            digits = _B62[r] + digits
+        job = QueryJob(id=f"{BULK_JOB_TYPE}Dn0{digits}AAA", operation=op, query=q, sobject=query.sobject,
+                       fields=query.fields, recs=[t.get(num) for num in nums], created=self.now_ms(),
+                       ready_at=time.monotonic() + self.bulk_job_s, delimiter=delim, line_ending=ending)
+        self.jobs[job.id] = job
+        return job
+
+    def job(self, job_id: str) -> QueryJob:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+        if job.state in ("UploadComplete", "InProgress"):
+            job.state = "JobComplete" if time.monotonic() >= job.ready_at else "InProgress"
+        return job
+
+    def job_info(self, job: QueryJob) -> dict[str, Any]:
+        done = job.state == "JobComplete"
+        return {"id": job.id, "operation": job.operation, "object": job.sobject, "createdById": USER_IDS[0],
+                "createdDate": sf_datetime(job.created), "systemModstamp": sf_datetime(job.created),
+                "state": job.state, "concurrencyMode": "Parallel", "contentType": "CSV",
+                "apiVersion": float(API_VERSION), "jobType": "V2Query", "lineEnding":
+                    "LF" if job.line_ending == "\n" else "CRLF",
+                "columnDelimiter": {",": "COMMA", "\t": "TAB", "|": "PIPE", ";": "SEMICOLON", "^": "CARET",
+                                    "`": "BACKQUOTE"}[job.delimiter],
+                "numberRecordsProcessed": len(job.recs) if done else 0, "retries": 0,
+                "totalProcessingTime": int(self.bulk_job_s * 1000) if done else 0}
+
+    def job_results(self, job_id: str, locator: str | None, max_records: str | None) -> tuple[str, str, int]:
+        """(CSV, next locator or "null", rows in this page) of a completed query job."""
+        job = self.job(job_id)
+        if job.state != "JobComplete":
+            raise ApiError(400, "INVALIDJOBSTATE", f"Job {job.id} is not complete (state {job.state})")
+        try:
+            size = BULK_RESULTS_DEFAULT if max_records in (None, "") else int(max_records)
+        except ValueError:
+            size = 0
+        if size <= 0:
+            raise ApiError(400, "INVALIDMAXRECORDS", "maxRecords must be a positive integer")
+        start = 0
+        if locator not in (None, ""):
+            try:
+                start = int(base64.b64decode(locator.encode(), validate=True).decode())
+            except ValueError:
+                start = -1
+            if not 0 < start <= len(job.recs):
+                raise ApiError(400, "INVALIDLOCATOR", f"Invalid locator: {locator[:40]}")
+        part = job.recs[start:start + size]
+        out = io.StringIO()
+        w = csv.writer(out, delimiter=job.delimiter, lineterminator=job.line_ending, quoting=csv.QUOTE_ALL)
+        w.writerow(job.fields)
+        for rec in part:
+            row = self.render(job.sobject, rec, job.fields)
+            w.writerow([_csv_value(SCHEMA[job.sobject][f], row[f]) for f in job.fields])
+        end = start + len(part)
+        nxt = base64.b64encode(str(end).encode()).decode() if end < len(job.recs) else "null"
+        return out.getvalue(), nxt, len(part)
+
     # --- writes -----------------------------------------------------------------------------------
     def _clean(self, sobject: str, values: dict[str, Any], *, creating: bool) -> dict[str, Any]:
         schema = SCHEMA[sobject]
@@ -861,6 +1013,12 @@ class SalesforceSandbox(Sandbox):
                 except (TypeError, ValueError):
                     raise ApiError(400, "INVALID_TYPE_ON_FIELD_IN_RECORD", f"{name}: value not of required type",
                                    [name]) from None
+            elif kind == "datetime":
+                ms = parse_datetime_ms(v)
+                if ms is None:
+                    raise ApiError(400, "INVALID_TYPE_ON_FIELD_IN_RECORD", f"{name}: value not of required type: "
+                                   "expected an ISO 8601 datetime with an offset", [name])
+                v = ms
             elif kind == "date":
                 if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(v)):
                     raise ApiError(400, "INVALID_TYPE_ON_FIELD_IN_RECORD", f"{name}: value not of required type: "
@@ -1175,6 +1333,43 @@ class SalesforceSandbox(Sandbox):
                 raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
             return 200, sb.render(sobject, rec)
 
+        @handler
+        def job_create(request: Request, body: Any, version: str):
+            return 200, sb.job_info(sb.create_query_job(body))
+
+        @handler
+        def job_list(request: Request, body: Any, version: str):
+            return 200, {"done": True, "records": [sb.job_info(sb.job(j)) for j in sb.jobs], "nextRecordsUrl": None}
+
+        @handler
+        def job_one(request: Request, body: Any, version: str, job_id: str):
+            job = sb.job(job_id)
+            if request.method == "DELETE":
+                sb.jobs.pop(job_id, None)
+                return 204, None
+            if request.method == "PATCH":
+                if (body or {}).get("state") != "Aborted":
+                    raise ApiError(400, "INVALIDJOBSTATE", "a query job can only be set to Aborted")
+                if job.state == "JobComplete":
+                    raise ApiError(400, "INVALIDJOBSTATE", f"Job {job.id} is already complete")
+                job.state = "Aborted"
+            return 200, sb.job_info(job)
+
+        async def job_results(request: Request) -> Response:
+            try:
+                with sb.lock:
+                    text, nxt, count = sb.job_results(request.path_params["job_id"],
+                                                      request.query_params.get("locator"),
+                                                      request.query_params.get("maxRecords"))
+            except ApiError as e:
+                return _json(e.body(), e.status)
+            return Response(text, media_type="text/csv",
+                            headers={"Sforce-Locator": nxt, "Sforce-NumberOfRecords": str(count)})
+
+        app.add_api_route(base + "/jobs/query", job_create, methods=["POST"])
+        app.add_api_route(base + "/jobs/query", job_list, methods=["GET"])
+        app.add_api_route(base + "/jobs/query/{job_id}", job_one, methods=["GET", "PATCH", "DELETE"])
+        app.add_api_route(base + "/jobs/query/{job_id}/results", job_results, methods=["GET"])
         app.add_api_route(base + "/query/", query, methods=["GET"])
         app.add_api_route(base + "/queryAll/", query_all, methods=["GET"])
         app.add_api_route(base + "/query/{locator}", more, methods=["GET"])
@@ -1232,6 +1427,17 @@ class SalesforceSandbox(Sandbox):
         app.add_api_route("/_sandbox/limits", set_limits, methods=["POST"], include_in_schema=False)
         app.add_api_route("/_sandbox/locators/expire", expire, methods=["POST"], include_in_schema=False)
         app.add_api_route("/_sandbox/export", export, methods=["GET"], include_in_schema=False)
+
+
+def _csv_value(kind: str, v: Any) -> str:
+    """A REST value as Bulk 2.0 writes it in CSV: nulls empty, booleans lower-case, datetimes in Z."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if kind == "datetime":
+        return str(v).replace("+0000", "Z")
+    return str(v)
 
 
 def _sort_key(v: Any) -> tuple[int, Any]:
