@@ -28,6 +28,7 @@ from identity.store import (
     SourceRow,
     Tombstone,
     WebhookEvent,
+    lock_identity_graph,
 )
 from omnisync.model import normalize_email, normalize_phone
 from omnisync.records import utcnow
@@ -139,6 +140,7 @@ def identifiers(session: Session, golden_id: str) -> set[tuple[str, str]]:
 
 def erase_store(session: Session, golden_id: str) -> dict[str, int]:
     """Remove the person's personal data from every table; leave tombstones and an erased golden record."""
+    lock_identity_graph(session)  # a resolver placing this person's records waits, then sees the tombstones
     counts: dict[str, int] = {}
     idents = identifiers(session, golden_id)
     for kind, value in idents:

@@ -36,6 +36,7 @@ from identity.store import (
     OutboundLedger,
     SourceRow,
     Tombstone,
+    lock_identity_graph,
 )
 from mappings.engine import Mapping, MappingConfigError, MappingError, flatten_profile, mappings_for
 from omnisync.model import ConsentEvent, CustomerProfile, Interaction
@@ -423,6 +424,7 @@ def resolve_pending(session: Session, *, run_id: str | None = None, batch: int =
     """
     from identity import resolve as resolver
 
+    lock_identity_graph(session)  # before reading what is pending: a waiting resolver sees it resolved
     totals: Counter = Counter()
     for kind in ("profile", "interaction", "consent"):
         rows = list(session.exec(select(SourceRow).where(SourceRow.pending.is_(True), SourceRow.kind == kind)

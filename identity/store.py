@@ -361,6 +361,28 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         session.close()
 
 
+# Constant keys of PostgreSQL advisory locks (64-bit; any value no other application on the
+# database uses). One lock guards the golden-record graph: see :func:`lock_identity_graph`.
+IDENTITY_GRAPH_LOCK = 0x6F6D6E69_73796E63  # "omnisync"
+
+
+def lock_identity_graph(session: Session) -> None:
+    """Serialize changes to the golden-record graph (placements, merges, erasure) until commit.
+
+    Resolution reads the identity-key index, decides, then writes: two transactions doing that at
+    once for one person each see the other's keys missing and found two golden records. A row lock
+    cannot prevent it (the row that would conflict does not exist yet), so on PostgreSQL every such
+    transaction first takes one transaction-scoped advisory lock; a waiting resolver then reads what
+    the first one committed. SQLite has a single writer anyway (a second one gets "database is
+    locked", which :func:`run_in_transaction` retries). Ingest and API reads never take it.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        from sqlalchemy import func, select
+
+        session.execute(select(func.pg_advisory_xact_lock(IDENTITY_GRAPH_LOCK)))
+
+
 def run_in_transaction(fn, engine: Engine | None = None, *, attempts: int = 5):
     """Run ``fn(session)`` in its own transaction, retrying on conflicts.
 
