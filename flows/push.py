@@ -1,9 +1,12 @@
 """Executing a push plan through the connectors (plain functions; the push-back flow wraps them).
 
 Writes go out in chunks; after each chunk its outcomes are recorded in the outbound ledger in one
-transaction, so a crash loses at most one chunk of idempotent upserts. Failed records are
-dead-lettered with the vendor's reason; loop alarms are dead-lettered and flag the run. The
-system's push checkpoint (change-feed position) advances only when all its streams succeeded.
+transaction, so a crash loses at most one chunk of idempotent upserts. Records the vendor refused
+(bad data) are dead-lettered with the vendor's reason; loop alarms are dead-lettered and flag the
+run. Records left unconfirmed by a retryable failure (quota spent, a 5xx that outlived its
+retries, a locked row) are not bad input: the push to that system stops there, is reported, and
+its push checkpoint (change-feed position) stays put, so the next run plans them again (the ledger
+makes what did succeed a no-op). The checkpoint advances only when all the system's streams did.
 """
 
 from __future__ import annotations
@@ -29,10 +32,15 @@ from identity.push import (
 )
 from identity.runs import flag_run
 from identity.store import OutboundLedger, run_in_transaction
+from omnisync.privacy import mask_text
 from omnisync.records import fingerprint
 
 log = logging.getLogger("omnisync.push")
 CHUNK = 1000
+
+
+class PushIncomplete(ConnectorError):
+    """Some records of a chunk were not confirmed for a reason that may pass: stop this system."""
 
 
 @dataclass
@@ -77,7 +85,7 @@ def execute_plan(engine: Engine, plan: PushPlan, connectors: dict[str, Connector
             merges = [(survivor, merged) for s, survivor, merged in plan.merges if s == system]
             if merges:
                 result.merges += _merge(engine, conn, system, merges, plan, run_id)
-        except (QuotaExhaustedError, ConnectorError) as e:
+        except (QuotaExhaustedError, ConnectorError) as e:  # PushIncomplete included
             result.failed_systems[system] = str(e)
             log.error("push to %s stopped: %s", system, e)
             continue
@@ -130,7 +138,7 @@ def _write_stream(engine: Engine, conn: Connector, sp: StreamPlan, result: PushR
         def record(session, outcomes=outcomes):
             counts = record_outcomes(session, sp, outcomes)
             for o in outcomes:
-                if not o.ok:
+                if not o.ok and not o.retryable:
                     rec = by_key.get(o.key)
                     dead_letter(session, system=sp.system, stream=sp.stream, external_id=o.external_id,
                                 stage="push", reason=f"{sp.system}/{sp.stream}/{o.external_id or o.key}: {o.error}",
@@ -139,5 +147,11 @@ def _write_stream(engine: Engine, conn: Connector, sp: StreamPlan, result: PushR
 
         for status, n in run_in_transaction(record, engine).items():
             result.bump(sp.system, sp.stream, status, n)
+        retry = [o for o in outcomes if not o.ok and o.retryable]
+        if retry:
+            result.bump(sp.system, sp.stream, "retry_next_run", len(retry))
         if on_chunk:
             on_chunk(result)
+        if retry:
+            raise PushIncomplete(f"{sp.stream}: {len(retry)} record(s) not confirmed: {mask_text(str(retry[0].error))}",
+                                 system=sp.system, action="They are planned again by the next run.")

@@ -13,6 +13,8 @@ from identity.ingest import ingest_records
 from identity.push import CircuitOpen, plan_push
 from identity.store import ChangeEvent, DeadLetter, GoldenRecord, OutboundLedger, SourceRow, get_engine, session_scope
 from omnisync.model import CustomerProfile
+from connectors.base import chunks
+from omnisync.records import WriteOutcome, WriteStatus
 from tests.fakes import T0, FakeConnector
 from tests.test_ingest import PROFILE, _acme_mappings  # noqa: F401
 
@@ -119,3 +121,44 @@ def test_a_record_changed_back_every_run_raises_a_loop_alarm(store_url):
         letters = list(s.exec(select(DeadLetter).where(DeadLetter.stage == "loop")))
         led = s.exec(select(OutboundLedger)).one()
     assert letters and "loop alarm" in letters[0].reason and led.bounces >= 2
+
+
+class _QuotaMidWrite(FakeConnector):
+    """Like the CRM connectors: once the daily quota is spent, the rest of a write comes back failed
+    and retryable (never an exception that would lose the outcomes of the batches already sent)."""
+
+    def write(self, stream, records):
+        out = []
+        for batch in chunks(list(records), 5):
+            if self.quota is not None and self.calls >= self.quota:
+                out += [WriteOutcome(r.key, WriteStatus.failed, retryable=True, error="[acme] daily quota spent")
+                        for r in batch]
+                continue
+            out += super().write(stream, batch)
+        return out
+
+
+def test_a_push_cut_short_by_the_quota_is_finished_by_the_next_run_not_dead_lettered(store_url):
+    engine = get_engine(store_url)
+    people = {f"p{i}": {"first": "Old", "email": f"p{i}@example.com"} for i in range(12)}
+    conn = _QuotaMidWrite(people, quota=1)
+    with session_scope(engine) as s:
+        for i in range(12):
+            golden(s, f"G{i}", f"New{i}", f"p{i}@example.com", rows=[(f"p{i}", "Old")])
+    with session_scope(engine) as s:
+        plan = plan_push(s, ["acme"])
+    assert len(plan.streams[("acme", "people")].records) == 12
+    result = execute_plan(engine, plan, {"acme": conn}, force=True)
+    assert "acme" in result.failed_systems and "not confirmed" in result.failed_systems["acme"]
+    assert result.counts["acme/people"]["retry_next_run"] == 7
+    assert sum(1 for p in conn.people.values() if p["first"].startswith("New")) == 5
+    with session_scope(engine) as s:
+        assert not s.exec(select(DeadLetter)).all(), "a spent quota is not bad input"
+        again = plan_push(s, ["acme"])  # the push checkpoint did not move past the unsent records
+    assert sorted(r.external_id for r in again.streams[("acme", "people")].records) == \
+        sorted(k for k, p in conn.people.items() if p["first"] == "Old")
+    conn.quota = None  # the next day
+    assert not execute_plan(engine, again, {"acme": conn}, force=True).failed_systems
+    assert all(p["first"] == f"New{k[1:]}" for k, p in conn.people.items())
+    with session_scope(engine) as s:
+        assert plan_push(s, ["acme"]).total == 0
