@@ -28,6 +28,20 @@ Vendor behaviour reproduced on purpose (specs/README.md, "Salesforce"):
   ``Sforce-NumberOfRecords`` headers, ``PATCH`` (abort) and ``DELETE``. Results are snapshotted when the
   job is created and come in Id order (PK chunking), not in ``ORDER BY SystemModstamp`` order unless
   the query asks for it. Aggregates and ``GROUP BY`` are refused, as the SOQL subset refuses them.
+* Bulk API 2.0 ingest jobs: ``POST /jobs/ingest`` (``insert``, ``update``, ``upsert`` with
+  ``externalIdFieldName``, ``delete``; ``hardDelete`` needs a permission this user lacks), one
+  ``PUT .../batches`` of ``text/csv`` (201; a second upload makes the close fail, as Salesforce's
+  "multiple contents" error), ``PATCH`` to ``UploadComplete`` or ``Aborted``, ``GET`` (``Open`` ->
+  ``UploadComplete`` -> ``InProgress`` -> ``JobComplete``/``Failed``, with ``numberRecordsProcessed`` and
+  ``numberRecordsFailed``), ``successfulResults/`` (``sf__Id``, ``sf__Created``), ``failedResults/``
+  (``sf__Id``, ``sf__Error`` as ``CODE:message:fields --``) and ``unprocessedrecords/``, each followed by the
+  row as uploaded, and ``DELETE``. A closed job runs ``bulk_job_s`` later, whether or not anyone polls:
+  rows in transactions of 200, the transactions in no particular order (so are the result files),
+  each row validated and written exactly as the REST calls write it (same errors, the golden id's
+  ``DUPLICATE_EXTERNAL_ID``); a key twice in one transaction fails both rows. An empty cell leaves a
+  field unchanged and ``#N/A`` clears it. A header naming an unknown field, a CRLF file declared LF, or
+  rows of the wrong width fail the whole job with Salesforce's ``InvalidBatch`` message. Every job call
+  counts against the daily allocation and goes through fault injection like any other.
 * Task start times: Tasks have no start datetime of their own (``ActivityDate`` is a date), so the org
   has a custom ``Omnisync_Started_At__c`` datetime (millisecond precision) omnisync writes on the
   activities it logs.
@@ -40,7 +54,9 @@ Vendor behaviour reproduced on purpose (specs/README.md, "Salesforce"):
 
 Sandbox-only routes: ``PATCH/DELETE /_sandbox/sobjects/{SObject}/{id}`` (a user edits or deletes),
 ``POST /_sandbox/merge`` (a user merges contacts), ``POST /_sandbox/limits`` (daily allocation),
-``POST /_sandbox/locators/expire`` and ``GET /_sandbox/export``.
+``POST /_sandbox/locators/expire``, ``GET /_sandbox/export`` and ``POST /_sandbox/bulk/fail``
+(``{"message", "after"}``: the next Bulk job fails with that ``errorMessage``, an ingest job after
+writing ``after`` rows, the rest left unprocessed; ``fail_next_job`` in process).
 """
 
 from __future__ import annotations
@@ -56,7 +72,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -72,6 +88,8 @@ BATCH_DEFAULT = 2000
 BATCH_MIN = 200
 BULK_RESULTS_DEFAULT = 50_000  # rows a results page holds when maxRecords is not given
 BULK_JOB_TYPE = "750"
+INGEST_OPERATIONS = ("insert", "update", "upsert", "delete")
+INGEST_CHUNK = 200  # rows Salesforce writes in one transaction of an ingest job
 COLLECTION_MAX = 200
 MAX_LOCATORS = 10
 DAILY_LIMIT = 100_000
@@ -575,6 +593,32 @@ class QueryJob:
     state: str = "UploadComplete"
     delimiter: str = ","
     line_ending: str = "\n"
+    error: str | None = None  # set when the job is to fail (sandbox switch ``fail_next_job``)
+
+
+@dataclass
+class IngestJob:
+    id: str
+    operation: str
+    sobject: str
+    ext_field: str | None
+    created: int  # ms
+    delimiter: str = ","
+    line_ending: str = "\n"
+    state: str = "Open"
+    uploads: list[bytes] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    ready_at: float = 0.0
+    done: list[tuple[int, str, str | None]] = field(default_factory=list)  # (row, sf__Id, error or None) in
+    created_rows: set[int] = field(default_factory=set)  # processing order; rows whose record was created
+    unprocessed: list[int] = field(default_factory=list)
+    error: str | None = None
+    fail_with: tuple[str, int] | None = None  # sandbox switch: (errorMessage, rows processed before failing)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for _, _, err in self.done if err is not None)
 
 
 class SalesforceSandbox(Sandbox):
@@ -588,7 +632,7 @@ class SalesforceSandbox(Sandbox):
         self.keep_alive = keep_alive
         self.daily_limit = DAILY_LIMIT
         self.locator_ttl_s = 15 * 60.0
-        self.bulk_job_s = 0.05  # how long a Bulk 2.0 query job runs before JobComplete
+        self.bulk_job_s = 0.05  # how long a Bulk 2.0 job runs before JobComplete
         super().__init__(size=size, seed=seed)
 
     # --- framework hooks ------------------------------------------------------------------------
@@ -643,6 +687,10 @@ class SalesforceSandbox(Sandbox):
         n, s = self.size, self.seed_value
         self.locators: OrderedDict[str, Locator] = OrderedDict()
         self.jobs: dict[str, QueryJob] = {}
+        self.ingest_jobs: dict[str, IngestJob] = {}
+        self.pending: set[str] = set()  # closed ingest jobs not processed yet
+        self.fail_next_job: tuple[str, int] | None = None  # (errorMessage, rows processed first)
+        self.job_seq = 0
         self.locator_seq = 0
         self._who_cache: dict[int, tuple[int, int]] = {}
         self.junk_at = {n * k // 5 + 3: JUNK_EMAILS[k - 1] for k in range(1, 5)} if n >= 50 else {}
@@ -899,13 +947,7 @@ class SalesforceSandbox(Sandbox):
         if op not in ("query", "queryAll"):
             raise ApiError(400, "INVALIDJOB", f"InvalidJob : operation must be query or queryAll, not "
                            f"{str(op)[:20]!r}")
-        if body.get("contentType", "CSV") != "CSV":
-            raise ApiError(400, "INVALIDJOB", "InvalidJob : contentType must be CSV")
-        delimiters = {"COMMA": ",", "TAB": "\t", "PIPE": "|", "SEMICOLON": ";", "CARET": "^", "BACKQUOTE": "`"}
-        delim = delimiters.get(body.get("columnDelimiter", "COMMA"))
-        ending = {"LF": "\n", "CRLF": "\r\n"}.get(body.get("lineEnding", "LF"))
-        if delim is None or ending is None:
-            raise ApiError(400, "INVALIDJOB", "InvalidJob : unknown columnDelimiter or lineEnding")
+        delim, ending = _csv_format(body)
         q = body.get("query")
         if not isinstance(q, str) or not q.strip():
             raise ApiError(400, "INVALIDJOB", "InvalidJob : a query job needs a query")
@@ -920,24 +962,34 @@ class SalesforceSandbox(Sandbox):
             nums.sort()  # PK chunking: Id ranges, not modification order
         if query.limit is not None:
             nums = nums[:query.limit]
-        self.locator_seq += 1
+        fail = self.fail_next_job
+        self.fail_next_job = None
+        job = QueryJob(id=self._job_id(), operation=op, query=q, sobject=query.sobject,
+                       fields=query.fields, recs=[t.get(num) for num in nums], created=self.now_ms(),
+                       ready_at=time.monotonic() + self.bulk_job_s, delimiter=delim, line_ending=ending,
+                       error=fail[0] if fail else None)
+        self.jobs[job.id] = job
+        return job
+
+    def _job_id(self) -> str:
+        """A job id (key prefix 750), query and ingest jobs numbered in one sequence."""
+        self.job_seq += 1
         digits = ""
-        n = self.locator_seq
+        n = self.job_seq
         for _ in range(9):
             n, r = divmod(n, 62)
             digits = _B62[r] + digits
-        job = QueryJob(id=f"{BULK_JOB_TYPE}Dn0{digits}AAA", operation=op, query=q, sobject=query.sobject,
-                       fields=query.fields, recs=[t.get(num) for num in nums], created=self.now_ms(),
-                       ready_at=time.monotonic() + self.bulk_job_s, delimiter=delim, line_ending=ending)
-        self.jobs[job.id] = job
-        return job
+        return f"{BULK_JOB_TYPE}Dn0{digits}AAA"
 
     def job(self, job_id: str) -> QueryJob:
         job = self.jobs.get(job_id)
         if job is None:
             raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
         if job.state in ("UploadComplete", "InProgress"):
-            job.state = "JobComplete" if time.monotonic() >= job.ready_at else "InProgress"
+            if time.monotonic() < job.ready_at:
+                job.state = "InProgress"
+            else:
+                job.state = "Failed" if job.error else "JobComplete"
         return job
 
     def job_info(self, job: QueryJob) -> dict[str, Any]:
@@ -947,10 +999,10 @@ class SalesforceSandbox(Sandbox):
                 "state": job.state, "concurrencyMode": "Parallel", "contentType": "CSV",
                 "apiVersion": float(API_VERSION), "jobType": "V2Query", "lineEnding":
                     "LF" if job.line_ending == "\n" else "CRLF",
-                "columnDelimiter": {",": "COMMA", "\t": "TAB", "|": "PIPE", ";": "SEMICOLON", "^": "CARET",
-                                    "`": "BACKQUOTE"}[job.delimiter],
+                "columnDelimiter": {v: k for k, v in DELIMITERS.items()}[job.delimiter],
                 "numberRecordsProcessed": len(job.recs) if done else 0, "retries": 0,
-                "totalProcessingTime": int(self.bulk_job_s * 1000) if done else 0}
+                "totalProcessingTime": int(self.bulk_job_s * 1000) if done else 0,
+                **({"errorMessage": job.error} if job.state == "Failed" else {})}
 
     def job_results(self, job_id: str, locator: str | None, max_records: str | None) -> tuple[str, str, int]:
         """(CSV, next locator or "null", rows in this page) of a completed query job."""
@@ -981,6 +1033,252 @@ class SalesforceSandbox(Sandbox):
         end = start + len(part)
         nxt = base64.b64encode(str(end).encode()).decode() if end < len(job.recs) else "null"
         return out.getvalue(), nxt, len(part)
+
+    # --- Bulk API 2.0 ingest jobs ---------------------------------------------------------------------
+    def create_ingest_job(self, body: Any) -> IngestJob:
+        if not isinstance(body, dict):
+            raise ApiError(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+        op = body.get("operation")
+        if op == "hardDelete":
+            raise ApiError(400, "INVALIDJOB", "InvalidJob : hardDelete requires the Bulk API Hard Delete user "
+                           "permission")
+        if op not in INGEST_OPERATIONS:
+            raise ApiError(400, "INVALIDJOB", f"InvalidJob : operation must be one of {', '.join(INGEST_OPERATIONS)}, "
+                           f"not {str(op)[:20]!r}")
+        sobject = body.get("object")
+        if sobject not in SCHEMA:
+            raise ApiError(400, "INVALIDJOB", f"InvalidJob : Unable to find object: {str(sobject)[:40]}")
+        ext = body.get("externalIdFieldName")
+        if op == "upsert":
+            if not ext:
+                raise ApiError(400, "INVALIDJOB", "InvalidJob : External ID field is required for upsert")
+            if ext != "Id" and ext not in EXTERNAL_IDS[sobject]:
+                raise ApiError(400, "INVALIDJOB", f"InvalidJob : Field name provided, {str(ext)[:40]} is not an "
+                               f"External ID or indexed field for {sobject}")
+        delim, ending = _csv_format(body)
+        job = IngestJob(id=self._job_id(), operation=op, sobject=sobject, ext_field=ext if op == "upsert" else None,
+                        created=self.now_ms(), delimiter=delim, line_ending=ending, fail_with=self.fail_next_job)
+        self.fail_next_job = None
+        self.ingest_jobs[job.id] = job
+        return job
+
+    def ingest_job(self, job_id: str) -> IngestJob:
+        job = self.ingest_jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+        self._advance(job)
+        return job
+
+    def advance_jobs(self) -> None:
+        """Salesforce processes closed jobs whether or not anyone asks: run those whose time has come."""
+        for job_id in list(self.pending):
+            self._advance(self.ingest_jobs[job_id])
+
+    def _advance(self, job: IngestJob) -> None:
+        if job.state in ("UploadComplete", "InProgress"):
+            if time.monotonic() < job.ready_at:
+                job.state = "InProgress"
+            else:
+                self.pending.discard(job.id)
+                self._process(job)
+
+    def upload(self, job_id: str, content_type: str, data: bytes) -> None:
+        job = self.ingest_job(job_id)
+        if job.state != "Open":
+            raise ApiError(400, "INVALIDJOBSTATE", f"Job {job.id} is not open for data upload (state {job.state})")
+        if not content_type.lower().startswith("text/csv"):
+            raise ApiError(400, "INVALIDJOB", "InvalidJob : job data must be sent as text/csv")
+        job.uploads.append(data)
+
+    def set_ingest_state(self, job_id: str, body: Any) -> IngestJob:
+        job = self.ingest_job(job_id)
+        state = (body or {}).get("state") if isinstance(body, dict) else None
+        if state == "UploadComplete":
+            if job.state != "Open":
+                raise ApiError(400, "INVALIDJOBSTATE", f"Job {job.id} is {job.state}: only an Open job can be closed")
+            if len(job.uploads) > 1:
+                raise ApiError(400, "INVALIDJOB", f"Found multipe contents for job: <{job.id}>, please 'Close' / "
+                               "'Abort' / 'Delete' the current Job then create a new Job and make sure you only do "
+                               "'PUT' once on a given Job.")
+            job.state = "UploadComplete"
+            job.ready_at = time.monotonic() + self.bulk_job_s
+            self.pending.add(job.id)
+        elif state == "Aborted":
+            if job.state not in ("Open", "UploadComplete", "InProgress"):
+                raise ApiError(400, "INVALIDJOBSTATE", f"Job {job.id} is already {job.state}")
+            self.pending.discard(job.id)
+            self._parse(job)
+            job.unprocessed = list(range(len(job.rows)))
+            job.state = "Aborted"
+        else:
+            raise ApiError(400, "INVALIDJOBSTATE", f"an ingest job can be set to UploadComplete or Aborted, not "
+                           f"{str(state)[:20]!r}")
+        return job
+
+    def delete_ingest_job(self, job_id: str) -> None:
+        job = self.ingest_job(job_id)
+        if job.state in ("Open", "InProgress"):
+            raise ApiError(400, "INVALIDJOBSTATE", f"Job {job.id} is {job.state}: abort it or wait for it to finish")
+        del self.ingest_jobs[job.id]
+
+    def _parse(self, job: IngestJob) -> str | None:
+        """Read the uploaded CSV into ``job.columns``/``job.rows``; the job-level error, if any."""
+        if job.columns or not job.uploads:
+            return None if job.columns else "InvalidBatch : No data was uploaded for this job"
+        try:
+            text = job.uploads[0].decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError:
+            return "InvalidBatch : The job data is not valid UTF-8"
+        first = text.split("\n", 1)[0]
+        if job.line_ending == "\n" and first.endswith("\r"):
+            return "ClientInputError : LineEnding is invalid on user data. Current LineEnding setting is LF"
+        try:
+            rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=job.delimiter, strict=True) if r]
+        except csv.Error as e:
+            return f"InvalidBatch : The CSV data could not be parsed: {str(e)[:80]}"
+        if not rows:
+            return "InvalidBatch : No data was uploaded for this job"
+        header, body = rows[0], rows[1:]
+        job.columns = header
+        job.rows = body
+        for col in header:
+            if col not in SCHEMA[job.sobject]:
+                return f"InvalidBatch : Field name not found : {col[:80]}"
+        if len(set(header)) != len(header):
+            return "InvalidBatch : Duplicate field name in the header row"
+        if job.operation == "delete" and header != ["Id"]:
+            return "InvalidBatch : The 'delete' batch must contain only 'Id' field"
+        for n, row in enumerate(body, start=2):
+            if len(row) != len(header):
+                return f"InvalidBatch : Row {n} has {len(row)} fields where the header has {len(header)}"
+        return None
+
+    def _process(self, job: IngestJob) -> None:
+        """Run a closed job: rows in chunks of 200 (one transaction each), chunks in no particular
+        order, as Salesforce's parallel processing returns them."""
+        error = self._parse(job)
+        if error is not None:
+            job.state, job.error = "Failed", error
+            job.unprocessed = list(range(len(job.rows)))
+            return
+        starts = list(range(0, len(job.rows), INGEST_CHUNK))
+        random.Random(job.id).shuffle(starts)
+        limit = job.fail_with[1] if job.fail_with else None
+        key = "Id" if job.operation in ("update", "delete") or job.ext_field == "Id" else job.ext_field
+        pos = job.columns.index(key) if key in job.columns else None
+        for start in starts:
+            part = range(start, min(start + INGEST_CHUNK, len(job.rows)))
+            seen: dict[str, int] = {}
+            for i in part:
+                if pos is not None and job.rows[i][pos] not in ("", "#N/A"):
+                    seen[job.rows[i][pos]] = seen.get(job.rows[i][pos], 0) + 1
+            for i in part:
+                if limit is not None and len(job.done) >= limit:
+                    job.unprocessed.append(i)
+                    continue
+                values = dict(zip(job.columns, job.rows[i]))
+                target = parse_id(values.get("Id") or "")
+                sid = sf_id(*target) if target and target[0] == job.sobject else ""
+                try:
+                    if pos is not None and seen.get(job.rows[i][pos], 0) > 1:
+                        # One transaction cannot write one key twice.
+                        raise ApiError(400, "DUPLICATE_EXTERNAL_ID" if key != "Id" else "DUPLICATE_ID",
+                                       f"Duplicate {'external id' if key != 'Id' else 'id'} specified: "
+                                       f"{job.rows[i][pos][:40]}", [key])
+                    sid, created = self._ingest_row(job, values)
+                except ApiError as e:
+                    job.done.append((i, sid, _bulk_error(e)))
+                    continue
+                job.done.append((i, sid, None))
+                if created:
+                    job.created_rows.add(i)
+        job.unprocessed.sort()
+        if job.fail_with:
+            job.state, job.error = "Failed", job.fail_with[0]
+        else:
+            job.state = "JobComplete"
+
+    def _ingest_row(self, job: IngestJob, values: dict[str, str]) -> tuple[str, bool]:
+        """Write one CSV row as the REST calls would; (sf__Id, created). An empty cell leaves the field
+        as it is, ``#N/A`` clears it."""
+        typed: dict[str, Any] = {}
+        for name, v in values.items():
+            if v == "":
+                continue
+            if v == "#N/A":
+                typed[name] = None
+            elif SCHEMA[job.sobject][name] == "bool":
+                flag = {"true": True, "1": True, "false": False, "0": False}.get(v.strip().lower())
+                if flag is None:
+                    raise ApiError(400, "INVALID_TYPE_ON_FIELD_IN_RECORD", f"{name}: value not of required type: "
+                                   f"{v[:40]}", [name])
+                typed[name] = flag
+            else:
+                typed[name] = v
+        rec = {"attributes": {"type": job.sobject}, **typed}
+        op, ext = job.operation, job.ext_field
+        if op == "delete":
+            res = self.delete_collection([str(typed.get("Id") or "")], False)[0]
+            if not res["success"]:
+                err = res["errors"][0]
+                raise ApiError(400, err["statusCode"], err["message"], err["fields"])
+            return res["id"], False
+        if op == "update" or (op == "upsert" and ext == "Id" and typed.get("Id")):
+            if not typed.get("Id"):
+                raise ApiError(400, "MISSING_ARGUMENT", "Id not specified in an update call", [])
+            return self._one("PATCH", rec, None, None)["id"], False
+        if op == "insert" or ext == "Id":
+            return self._one("POST", rec, job.sobject, None)["id"], True
+        if not typed.get(ext):
+            raise ApiError(400, "MISSING_ARGUMENT", f"{ext} not specified", [])
+        res = self._one("PATCH", rec, job.sobject, ext)
+        return res["id"], bool(res.get("created"))
+
+    def ingest_info(self, job: IngestJob) -> dict[str, Any]:
+        processed = len(job.done)
+        info: dict[str, Any] = {
+            "id": job.id, "operation": job.operation, "object": job.sobject, "createdById": USER_IDS[0],
+            "createdDate": sf_datetime(job.created), "systemModstamp": sf_datetime(job.created), "state": job.state}
+        if job.ext_field:
+            info["externalIdFieldName"] = job.ext_field
+        info.update({
+            "concurrencyMode": "Parallel", "contentType": "CSV", "apiVersion": float(API_VERSION),
+            "jobType": "V2Ingest", "contentUrl": f"services/data/v{API_VERSION}/jobs/ingest/{job.id}/batches",
+            "lineEnding": "LF" if job.line_ending == "\n" else "CRLF",
+            "columnDelimiter": {v: k for k, v in DELIMITERS.items()}[job.delimiter],
+            "numberRecordsProcessed": processed, "numberRecordsFailed": job.failed, "retries": 0,
+            "totalProcessingTime": processed // 10, "apiActiveProcessingTime": processed // 20,
+            "apexProcessingTime": 0})
+        if job.state == "Failed":
+            info["errorMessage"] = job.error
+        return info
+
+    def ingest_results(self, job_id: str, kind: str) -> str:
+        """successfulResults, failedResults or unprocessedrecords of a finished job, as CSV: Salesforce's
+        columns first, then the uploaded row as it was sent (header names unquoted, values quoted)."""
+        job = self.ingest_job(job_id)
+        if job.state in ("Open", "UploadComplete", "InProgress"):
+            raise ApiError(400, "INVALIDJOBSTATE", f"Job {job.id} is not finished (state {job.state})")
+        d, le = job.delimiter, job.line_ending
+        out = io.StringIO()
+        w = csv.writer(out, delimiter=d, lineterminator=le, quoting=csv.QUOTE_ALL)
+        head = d.join(job.columns)
+        kind = kind.lower()
+        if kind == "successfulresults":
+            out.write(d.join(['"sf__Id"', '"sf__Created"'] + ([head] if head else [])) + le)
+            for i, sid, err in job.done:
+                if err is None:
+                    w.writerow([sid, "true" if i in job.created_rows else "false", *job.rows[i]])
+        elif kind == "failedresults":
+            out.write(d.join(['"sf__Id"', '"sf__Error"'] + ([head] if head else [])) + le)
+            for i, sid, err in job.done:
+                if err is not None:
+                    w.writerow([sid, err, *job.rows[i]])
+        else:
+            out.write(head + le)
+            for i in job.unprocessed:
+                w.writerow(job.rows[i])
+        return out.getvalue()
 
     # --- writes -----------------------------------------------------------------------------------
     def _clean(self, sobject: str, values: dict[str, Any], *, creating: bool) -> dict[str, Any]:
@@ -1270,6 +1568,7 @@ class SalesforceSandbox(Sandbox):
                                      .body(), 400)
                 try:
                     with sb.lock:
+                        sb.advance_jobs()
                         status, payload = fn(request, body, **request.path_params)
                 except ApiError as e:
                     return _json(e.body(), e.status)
@@ -1358,6 +1657,7 @@ class SalesforceSandbox(Sandbox):
         async def job_results(request: Request) -> Response:
             try:
                 with sb.lock:
+                    sb.advance_jobs()
                     text, nxt, count = sb.job_results(request.path_params["job_id"],
                                                       request.query_params.get("locator"),
                                                       request.query_params.get("maxRecords"))
@@ -1366,6 +1666,53 @@ class SalesforceSandbox(Sandbox):
             return Response(text, media_type="text/csv",
                             headers={"Sforce-Locator": nxt, "Sforce-NumberOfRecords": str(count)})
 
+        @handler
+        def ingest_create(request: Request, body: Any, version: str):
+            return 200, sb.ingest_info(sb.create_ingest_job(body))
+
+        @handler
+        def ingest_list(request: Request, body: Any, version: str):
+            return 200, {"done": True, "records": [sb.ingest_info(j) for j in sb.ingest_jobs.values()],
+                         "nextRecordsUrl": None}
+
+        @handler
+        def ingest_one(request: Request, body: Any, version: str, job_id: str):
+            if request.method == "DELETE":
+                sb.delete_ingest_job(job_id)
+                return 204, None
+            if request.method == "PATCH":
+                return 200, sb.ingest_info(sb.set_ingest_state(job_id, body))
+            return 200, sb.ingest_info(sb.ingest_job(job_id))
+
+        async def ingest_upload(request: Request) -> Response:
+            data = await request.body()
+            try:
+                with sb.lock:
+                    sb.advance_jobs()
+                    sb.upload(request.path_params["job_id"], request.headers.get("content-type", ""), data)
+            except ApiError as e:
+                return _json(e.body(), e.status)
+            return Response(status_code=201)
+
+        async def ingest_results(request: Request) -> Response:
+            kind = request.path_params["kind"]
+            if kind.lower() not in ("successfulresults", "failedresults", "unprocessedrecords"):
+                return _json(ApiError(404, "NOT_FOUND", "The requested resource does not exist").body(), 404)
+            try:
+                with sb.lock:
+                    sb.advance_jobs()
+                    text = sb.ingest_results(request.path_params["job_id"], kind)
+            except ApiError as e:
+                return _json(e.body(), e.status)
+            return Response(text, media_type="text/csv")
+
+        app.add_api_route(base + "/jobs/ingest", ingest_create, methods=["POST"])
+        app.add_api_route(base + "/jobs/ingest", ingest_list, methods=["GET"])
+        app.add_api_route(base + "/jobs/ingest/{job_id}", ingest_one, methods=["GET", "PATCH", "DELETE"])
+        app.add_api_route(base + "/jobs/ingest/{job_id}/batches", ingest_upload, methods=["PUT"])
+        app.add_api_route(base + "/jobs/ingest/{job_id}/batches/", ingest_upload, methods=["PUT"])
+        app.add_api_route(base + "/jobs/ingest/{job_id}/{kind}", ingest_results, methods=["GET"])
+        app.add_api_route(base + "/jobs/ingest/{job_id}/{kind}/", ingest_results, methods=["GET"])
         app.add_api_route(base + "/jobs/query", job_create, methods=["POST"])
         app.add_api_route(base + "/jobs/query", job_list, methods=["GET"])
         app.add_api_route(base + "/jobs/query/{job_id}", job_one, methods=["GET", "PATCH", "DELETE"])
@@ -1420,6 +1767,13 @@ class SalesforceSandbox(Sandbox):
         def export(request: Request, body: Any):
             return 200, sb.export()
 
+        @handler
+        def fail_job(request: Request, body: Any):
+            body = body or {}
+            sb.fail_next_job = (str(body.get("message") or "InternalServerError : the job failed"),
+                                int(body.get("after", 0)))
+            return 200, {"message": sb.fail_next_job[0], "after": sb.fail_next_job[1]}
+
         app.add_api_route("/_sandbox/sobjects/{sobject}/{record_id}", edit, methods=["PATCH"], include_in_schema=False)
         app.add_api_route("/_sandbox/sobjects/{sobject}/{record_id}", remove, methods=["DELETE"],
                           include_in_schema=False)
@@ -1427,6 +1781,28 @@ class SalesforceSandbox(Sandbox):
         app.add_api_route("/_sandbox/limits", set_limits, methods=["POST"], include_in_schema=False)
         app.add_api_route("/_sandbox/locators/expire", expire, methods=["POST"], include_in_schema=False)
         app.add_api_route("/_sandbox/export", export, methods=["GET"], include_in_schema=False)
+        app.add_api_route("/_sandbox/bulk/fail", fail_job, methods=["POST"], include_in_schema=False)
+
+
+DELIMITERS = {"COMMA": ",", "TAB": "\t", "PIPE": "|", "SEMICOLON": ";", "CARET": "^", "BACKQUOTE": "`"}
+LINE_ENDINGS = {"LF": "\n", "CRLF": "\r\n"}
+
+
+def _csv_format(body: dict[str, Any]) -> tuple[str, str]:
+    """(column delimiter, line ending) a job's CSV uses; contentType must be CSV."""
+    if body.get("contentType", "CSV") != "CSV":
+        raise ApiError(400, "INVALIDJOB", "InvalidJob : contentType must be CSV")
+    delim = DELIMITERS.get(body.get("columnDelimiter", "COMMA"))
+    ending = LINE_ENDINGS.get(body.get("lineEnding", "LF"))
+    if delim is None or ending is None:
+        raise ApiError(400, "INVALIDJOB", "InvalidJob : unknown columnDelimiter or lineEnding")
+    return delim, ending
+
+
+def _bulk_error(e: ApiError) -> str:
+    """``sf__Error`` as Bulk 2.0 writes it: ``CODE:message:field,field --`` (``CODE:message:--`` without fields)."""
+    fields = ",".join(e.fields or [])
+    return f"{e.code}:{e.message}:{fields} --" if fields else f"{e.code}:{e.message}:--"
 
 
 def _csv_value(kind: str, v: Any) -> str:
