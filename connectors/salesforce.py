@@ -11,18 +11,24 @@ Large reads switch to Bulk API 2.0: when the first REST page says more than ``bu
 match (``totalSize``), its rows are delivered and the rest (everything after the last row delivered)
 is read by one ``queryAll`` query job: create, poll its state, then fetch CSV pages of
 ``bulk_page`` rows following ``Sforce-Locator``. A page whose row count differs from
-``Sforce-NumberOfRecords`` was cut short and is fetched again with the same locator. Bulk results
+``Sforce-NumberOfRecords``, or that does not end with a line break, was cut short and is fetched
+again with the same locator. Bulk results
 come in Id order (PK chunking), so the cursor moves only with the job's last page.
 
 Tasks carry their start time in the custom ``Omnisync_Started_At__c`` (``ActivityDate`` is only a
 date): omnisync writes it, and the ``ActivityDate`` of that day in UTC, on the activities it logs
 (a Task logged in Salesforce has none: the mapping falls back to its ``CreatedDate``).
 
-Writes go through sObject Collections, 200
-records a call with ``allOrNone`` false: updates by Id, upserts on an external-id field
-(``Omnisync_Golden_Id__c`` for people, ``Omnisync_Interaction_Id__c`` for activities), each
-result tied to its input by position. ``Sforce-Limit-Info`` feeds the daily budget; the sync stops
-cleanly before the allocation is spent.
+Writes are updates by Id and upserts on an external-id field (``Omnisync_Golden_Id__c`` for people,
+``Omnisync_Interaction_Id__c`` for activities). Up to ``bulk_write_threshold`` (2,000, Salesforce's
+own line) records of one kind go through sObject Collections, 200 a call with ``allOrNone`` false,
+each result tied to its input by position. Above it they go to a Bulk API 2.0 ingest job (an
+``upsert`` or ``update`` job, up to 100,000 records): the CSV is uploaded once, and the result files,
+which come in no particular order, are tied to the inputs by the key column each result row echoes
+(a key goes once into a job; its repeats follow through Collections). A job failing part way
+confirms what it wrote; the rest is reported not written, retryable unless Salesforce refused the
+data itself. ``Sforce-Limit-Info`` feeds the daily budget; the sync stops cleanly before the
+allocation is spent, and a bulk job is not started when the allocation cannot finish it.
 """
 
 from __future__ import annotations
@@ -63,6 +69,19 @@ BULK_THRESHOLD = 10_000
 BULK_PAGE = 50_000
 BULK_POLL_S = 0.5
 BULK_TIMEOUT_S = 3600.0
+# Above this many records a write goes to a Bulk API 2.0 ingest job: Salesforce's own guidance
+# (Bulk above 2,000 records), and where a job's ~5 calls (create, upload, close, poll, results)
+# clearly beat Collections (10 calls for 2,000). Smaller writes stay synchronous: a job is queued
+# behind the org's other jobs and can take minutes.
+BULK_WRITE_THRESHOLD = 2_000
+BULK_MIN_CALLS = 5
+# Records one ingest job carries: Salesforce processes a job in internal batches of 10,000, each
+# counted against the daily batch allocation; 100,000 contact rows are ~30 MB, well under the 100 MB
+# upload limit.
+BULK_JOB_RECORDS = 100_000
+# Records the push flow hands over per write (StreamSpec.write_batch): one internal Bulk batch, so
+# pushes above the threshold reach Bulk, and a crash re-sends at most this many (idempotent upserts).
+WRITE_CHUNK = 10_000
 # Keep a reserve of the daily allocation for people working in Salesforce itself.
 QUOTA_RESERVE = 0.02
 SYSTEM_FIELDS = ["Id", "IsDeleted", "MasterRecordId", "CreatedDate", "LastModifiedDate", "SystemModstamp"]
@@ -126,19 +145,21 @@ class _Instrumented(requests.Session):
 class SalesforceConnector(Connector):
     system = "salesforce"
     streams = {
-        "contacts": StreamSpec("contacts", "profile", "Contact", page_size=QUERY_BATCH, write_batch=COLLECTION),
+        "contacts": StreamSpec("contacts", "profile", "Contact", page_size=QUERY_BATCH, write_batch=WRITE_CHUNK),
         "leads": StreamSpec("leads", "profile", "Lead", page_size=QUERY_BATCH),
-        "tasks": StreamSpec("tasks", "interaction", "Task", page_size=QUERY_BATCH, write_batch=COLLECTION),
+        "tasks": StreamSpec("tasks", "interaction", "Task", page_size=QUERY_BATCH, write_batch=WRITE_CHUNK),
     }
 
     def __init__(self, credentials: SalesforceCredentials, *, budget: RateBudget | None = None,
                  policy: RetryPolicy | None = None, timeout: float = 60.0, query_batch: int = QUERY_BATCH,
                  overlap: timedelta | None = None, bulk_threshold: int | None = BULK_THRESHOLD,
                  bulk_page: int = BULK_PAGE, bulk_poll_s: float = BULK_POLL_S,
-                 bulk_timeout_s: float = BULK_TIMEOUT_S):
-        """``bulk_threshold``: rows above which a read goes to Bulk API 2.0 (None: never)."""
+                 bulk_timeout_s: float = BULK_TIMEOUT_S, bulk_write_threshold: int | None = BULK_WRITE_THRESHOLD):
+        """``bulk_threshold``: rows above which a read goes to Bulk API 2.0; ``bulk_write_threshold``:
+        records above which a write does (None: never)."""
         self.creds = credentials
         self.bulk_threshold = bulk_threshold
+        self.bulk_write_threshold = bulk_write_threshold
         self.bulk_page = bulk_page
         self.bulk_poll_s = bulk_poll_s
         self.bulk_timeout_s = bulk_timeout_s
@@ -177,8 +198,18 @@ class SalesforceConnector(Connector):
         if m:
             self.usage = (int(m.group(1)), int(m.group(2)))
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        """One SDK call with the shared retries; SDK and transport errors translated."""
+    def _room(self, calls: int, what: str) -> None:
+        """Refuse to start work needing ``calls`` requests that the daily allocation cannot finish."""
+        if self.usage is not None:
+            used, total = self.usage
+            if used + calls > total - int(total * QUOTA_RESERVE):
+                raise QuotaExhaustedError(f"{what} needs about {calls} requests; {used} of {total} used today",
+                                          system=self.system, status=403, code="REQUEST_LIMIT_EXCEEDED",
+                                          resume_at=_resume_at())
+
+    def _call(self, what: str, fn: Callable[[], Any], *, retry: bool = True) -> Any:
+        """One SDK call with the shared retries (``retry=False``: once); SDK and transport errors
+        translated."""
         def once() -> Any:
             try:
                 return fn()
@@ -200,7 +231,7 @@ class SalesforceConnector(Connector):
         def on_retry(_: BaseException) -> None:
             self.retries += 1
 
-        return with_retries(once, policy=self.policy, on_retry=on_retry)
+        return with_retries(once, policy=self.policy, on_retry=on_retry) if retry else once()
 
     def _translate(self, e: SalesforceError, what: str) -> ConnectorError:
         first = e.content[0] if isinstance(e.content, list) and e.content and isinstance(e.content[0], dict) else {}
@@ -289,22 +320,14 @@ class SalesforceConnector(Connector):
         job = self._call(f"bulk query {stream}", lambda: client.create_job(Operation.query_all, soql))
         job_id = job["id"]
         self.bulk_jobs.append(job_id)
-        deadline = time.monotonic() + self.bulk_timeout_s
-        wait = self.bulk_poll_s
-        while True:
-            time.sleep(wait)
-            info = self._call(f"bulk job {stream}", lambda: client.get_job(job_id, True))
-            state = info.get("state")
-            if state == "JobComplete":
-                break
-            if state in ("Failed", "Aborted"):
-                raise ConnectorError(f"bulk query job {job_id} for {stream} {state.lower()}: "
-                                     f"{_scrub(info.get('errorMessage') or 'no reason given')[:200]}",
-                                     system=self.system, action="Re-run the sync; it resumes from the stored cursor.")
-            if time.monotonic() > deadline:
-                raise TransientError(f"bulk query job {job_id} for {stream} still {state} after "
-                                     f"{self.bulk_timeout_s:.0f} s", system=self.system)
-            wait = min(wait * 1.5, 10.0)
+        info = self._bulk_wait(client, job_id, f"bulk query job {job_id} for {stream}", query=True)
+        if info.get("state") != "JobComplete":
+            raise ConnectorError(f"bulk query job {job_id} for {stream} {str(info.get('state')).lower()}: "
+                                 f"{_scrub(info.get('errorMessage') or 'no reason given')[:200]}",
+                                 system=self.system,
+                                 action="Re-run the sync: it resumes from the stored cursor with a new job. If it "
+                                        "fails again for the same reason, look the job up in Salesforce Setup, "
+                                        "Bulk Data Load Jobs.")
         start, best, locator = cur, cur, ""
         while True:
             page = self._call(f"bulk results {stream}", lambda loc=locator: self._bulk_page(client, job_id, loc))
@@ -318,10 +341,26 @@ class SalesforceConnector(Connector):
             if records:
                 yield Page(records, start)
 
+    def _bulk_wait(self, client: Any, job_id: str, what: str, *, query: bool) -> dict[str, Any]:
+        """Poll a job (backing off to 10 s) until it is JobComplete, Failed or Aborted."""
+        deadline = time.monotonic() + self.bulk_timeout_s
+        wait = self.bulk_poll_s
+        while True:
+            time.sleep(wait)
+            info = self._call(what, lambda: client.get_job(job_id, query))
+            state = info.get("state")
+            if state in ("JobComplete", "Failed", "Aborted"):
+                return info
+            if time.monotonic() > deadline:
+                raise TransientError(f"{what} still {state} after {self.bulk_timeout_s:.0f} s", system=self.system)
+            wait = min(wait * 1.5, 10.0)
+
     def _bulk_page(self, client: Any, job_id: str, locator: str) -> dict[str, Any]:
         res = client.get_query_results(job_id, locator, self.bulk_page)
-        rows = [bulk_row(r) for r in csv.DictReader(io.StringIO(res["records"]))]
-        if len(rows) != res["number_of_records"]:
+        text = res["records"]
+        rows = [bulk_row(r) for r in csv.DictReader(io.StringIO(text, newline=""))]
+        # A cut inside the last row still parses (to a shortened value): Salesforce ends every line.
+        if len(rows) != res["number_of_records"] or not text.endswith("\n"):
             raise TransientError(f"bulk results of job {job_id}: {len(rows)} rows where Sforce-NumberOfRecords "
                                  f"says {res['number_of_records']} (truncated response)", system=self.system)
         return {"rows": rows, "locator": res["locator"]}
@@ -366,18 +405,138 @@ class SalesforceConnector(Connector):
                     f"salesforce/{stream} record {r.key}: no Id and no {ext} to upsert on; Salesforce contacts are "
                     "linked by id, or created only by the golden id"))
         try:
-            for part in chunks(updates, COLLECTION):
-                self._collection(stream, sobject, part, outcomes, lambda body: self.sf.restful(
-                    "composite/sobjects", method="PATCH", data=json.dumps(body)))
-            for part in chunks(upserts, COLLECTION):
-                self._collection(stream, sobject, part, outcomes, lambda body: self.sf.restful(
-                    f"composite/sobjects/{sobject}/{ext}", method="PATCH", data=json.dumps(body)))
+            for op, key, group in (("update", "Id", updates), ("upsert", ext, upserts)):
+                if self.bulk_write_threshold is not None and len(group) > self.bulk_write_threshold:
+                    self._bulk_write(stream, sobject, op, key, group, outcomes)
+                else:
+                    self._collections(stream, sobject, op, key, group, outcomes)
         except (QuotaExhaustedError, TransientError, AuthError) as e:
             for i, r in enumerate(records):  # stop: whatever was not confirmed is retried next run
                 outcomes.setdefault(i, WriteOutcome(r.key, WriteStatus.failed, error=str(e), retryable=True))
         return [outcomes.get(i) or WriteOutcome(r.key, WriteStatus.failed, retryable=True,
                                                 error=f"salesforce/{stream} record {r.key}: no result returned")
                 for i, r in enumerate(records)]
+
+    def _collections(self, stream: str, sobject: str, op: str, key: str,
+                     items: Sequence[tuple[int, OutboundRecord, dict[str, Any]]],
+                     outcomes: dict[int, WriteOutcome]) -> None:
+        path = "composite/sobjects" if op == "update" else f"composite/sobjects/{sobject}/{key}"
+        for part in chunks(items, COLLECTION):
+            self._collection(stream, sobject, part, outcomes, lambda body: self.sf.restful(
+                path, method="PATCH", data=json.dumps(body)))
+
+    def _bulk_write(self, stream: str, sobject: str, op: str, key: str,
+                    items: Sequence[tuple[int, OutboundRecord, dict[str, Any]]],
+                    outcomes: dict[int, WriteOutcome]) -> None:
+        """Records through Bulk 2.0 ingest jobs: ``upsert`` on the external id, ``update`` by Id.
+
+        A key goes once into a job (one transaction cannot write a key twice, and results are
+        matched to inputs by it); its repeats follow through Collections, in input order."""
+        first: list[tuple[int, OutboundRecord, dict[str, Any]]] = []
+        repeats: list[tuple[int, OutboundRecord, dict[str, Any]]] = []
+        seen: set[str] = set()
+        for item in items:
+            k = _cell(item[2][key])
+            (repeats if k in seen else first).append(item)
+            seen.add(k)
+        for part in chunks(first, BULK_JOB_RECORDS):
+            self._bulk_job(stream, sobject, op, key, part, outcomes)
+        self._collections(stream, sobject, op, key, repeats, outcomes)
+
+    def _bulk_job(self, stream: str, sobject: str, op: str, key: str,
+                  part: Sequence[tuple[int, OutboundRecord, dict[str, Any]]],
+                  outcomes: dict[int, WriteOutcome]) -> None:
+        """One ingest job: create, upload the CSV once, close, poll, read the result files.
+
+        Result rows come in no particular order and carry the uploaded row, so each is tied to its
+        input by the key column (unique in the job). Counts from the job info check that a result
+        file arrived whole. A failed upload abandons its job (the data may have landed, and a job
+        takes one upload only) and starts another; a job created by a retried call whose first
+        attempt landed stays Open and unused (Salesforce discards it after a day)."""
+        client = getattr(self.sf.bulk2, sobject)._client
+        columns = [key] + sorted({f for _, _, fields in part for f in fields} - {key})
+        rows = [[_cell(fields[c]) if c in fields else "" for c in columns] for _, _, fields in part]
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows([columns, *rows])
+        by_key = {row[0]: (i, r) for (i, r, _), row in zip(part, rows)}
+        self._room(BULK_MIN_CALLS, f"a bulk {op} of {len(part)} {stream}")
+        job_id = self._bulk_submit(client, stream, op, key, out.getvalue())
+        info = self._bulk_wait(client, job_id, f"bulk {op} job {job_id} for {stream}", query=False)
+        state = info.get("state")
+        processed = int(info.get("numberRecordsProcessed") or 0)
+        failed = int(info.get("numberRecordsFailed") or 0)
+        if processed - failed:
+            for row in self._call(f"bulk results {stream}", lambda: self._ingest_rows(
+                    client, job_id, "successfulResults", processed - failed)):
+                hit = by_key.get(row.get(key, ""))
+                if hit is not None:
+                    created = row.get("sf__Created") == "true"
+                    outcomes[hit[0]] = WriteOutcome(hit[1].key, WriteStatus.created if created else WriteStatus.updated,
+                                                    external_id=row.get("sf__Id") or None)
+        if failed:
+            for row in self._call(f"bulk failures {stream}", lambda: self._ingest_rows(
+                    client, job_id, "failedResults", failed)):
+                hit = by_key.get(row.get(key, ""))
+                if hit is not None:
+                    i, r = hit
+                    err = _bulk_error(row.get("sf__Error", ""))
+                    outcomes[i] = WriteOutcome(r.key, WriteStatus.failed,
+                                               external_id=r.external_id or row.get("sf__Id") or None,
+                                               error=_record_error(stream, r.key, err),
+                                               retryable=err["statusCode"] in RETRYABLE_CODES)
+        if state != "JobComplete":
+            # Rows without a result were never processed (Salesforce lists them as unprocessed).
+            reason = _scrub(info.get("errorMessage") or "no reason given")[:200]
+            bad_data = reason.startswith(("InvalidBatch", "ClientInputError"))
+            hint = HINTS["INVALID_FIELD"] if "Field name not found" in reason else (
+                "fix the mapping for the field named" if bad_data else "the next push sends it again")
+            for i, r in by_key.values():
+                if i not in outcomes:
+                    outcomes[i] = WriteOutcome(r.key, WriteStatus.failed, external_id=r.external_id,
+                                               retryable=not bad_data, error=(
+                                                   f"salesforce/{stream} record {r.key}: not written, bulk {op} job "
+                                                   f"{job_id} {str(state).lower()}: {reason}; {hint}"))
+
+    def _bulk_submit(self, client: Any, stream: str, op: str, key: str, data: str) -> str:
+        """Create a job, upload ``data`` once and close the job; its id."""
+        attempt = 0
+        while True:
+            attempt += 1
+            job = self._call(f"bulk {op} {stream}", lambda: client.create_job(
+                Operation(op), external_id_field=key if op == "upsert" else None))
+            job_id = job["id"]
+            self.bulk_jobs.append(job_id)
+            try:
+                self._call(f"bulk upload {stream}", lambda: client.upload_job_data(job_id, data), retry=False)
+                break
+            except TransientError:
+                try:
+                    self._call(f"bulk abort {stream}", lambda: client.abort_job(job_id, False), retry=False)
+                except ConnectorError:
+                    pass  # an unclosed job is never processed: abandoning it is enough
+                if attempt >= self.policy.attempts:
+                    raise
+                self.retries += 1
+                time.sleep(min(self.policy.backoff_initial * 2 ** attempt, self.policy.backoff_max))
+        try:
+            self._call(f"bulk close {stream}", lambda: client.close_job(job_id))
+        except (QuotaExhaustedError, AuthError):
+            raise
+        except ConnectorError:
+            # A close retried after its first attempt landed is refused: the job is no longer Open.
+            info = self._call(f"bulk job {stream}", lambda: client.get_job(job_id, False))
+            if info.get("state") in ("Open", "Aborted"):
+                raise
+        return job_id
+
+    def _ingest_rows(self, client: Any, job_id: str, kind: str, expected: int) -> list[dict[str, str]]:
+        text = client.get_ingest_results(job_id, kind)
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+        header, body = (rows[0], rows[1:]) if rows else ([], [])
+        if len(body) != expected or not text.endswith("\n") or any(len(r) != len(header) for r in body):
+            raise TransientError(f"bulk {kind} of job {job_id}: {len(body)} rows where the job reports {expected} "
+                                 "(truncated response)", system=self.system)
+        return [dict(zip(header, r)) for r in body]
 
     def _collection(self, stream: str, sobject: str, part: Sequence[tuple[int, OutboundRecord, dict[str, Any]]],
                     outcomes: dict[int, WriteOutcome], send: Callable[[dict[str, Any]], Any]) -> None:
@@ -455,6 +614,26 @@ def bulk_row(row: dict[str, str]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def _cell(v: Any) -> str:
+    """A value as a Bulk CSV cell. An empty cell leaves a field as it is, so a null (REST's "clear
+    it", and an empty string, which Salesforce stores as null) is written ``#N/A``."""
+    if v is None or v == "":
+        return "#N/A"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _bulk_error(text: str) -> dict[str, Any]:
+    """``sf__Error`` (``CODE:message:field,field --``) in the shape of a REST error."""
+    code, _, rest = text.partition(":")
+    message, sep, tail = rest.rpartition(":")
+    if not sep or not tail.strip().endswith("--"):
+        message, tail = rest, ""
+    fields = [f.strip() for f in tail.strip().removesuffix("--").split(",") if f.strip()]
+    return {"statusCode": code.strip() or "error", "message": message, "fields": fields}
 
 
 def _fields(r: OutboundRecord) -> dict[str, Any]:
