@@ -15,7 +15,7 @@ help:
 	@echo "make demo   - seed local sandboxes, run the omnichannel sync, print the heroine's story"
 	@echo "make test   - the test suite (SQLite and PostgreSQL, sandboxes, flows, browser)"
 	@echo "make bench  - benchmarks (API calls vs minimum, identity, webhooks, API latency)"
-	@echo "make chaos  - long fault/crash/concurrency scenarios with a verdict table"
+	@echo "make chaos  - long fault/crash/concurrency scenarios with a verdict table, then the slow tests"
 
 $(UV):
 	$(PY_BOOT) -m venv $(TOOLS)
@@ -48,8 +48,11 @@ test-fast: install
 bench: install
 	$(PY) -m bench
 
+# The long scenarios: chaos trials (faults, SIGKILLs, quota, concurrency) with their verdict table,
+# then the tests marked slow (10,000-contact syncs under faults, deploy --all with workers, ...).
 chaos: install
 	$(PY) -m bench.chaos
+	$(PY) -m pytest -q -m slow --timeout 1200
 
 sandbox: install
 	$(PY) -m omnisync.cli sandbox --info .omnisync/sandbox.json
