@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
@@ -31,12 +32,45 @@ def test_timestamps_and_counts_survive_masking():
     assert mask_text(text) == text
 
 
+def test_dates_in_error_messages_survive_masking():
+    text = "GET /2010-04-01/Accounts/AC1/Messages.json failed; birth date 1990-02-30 is not a date"
+    assert mask_text(text) == text
+
+
+def test_addresses_and_numbers_percent_encoded_in_a_logged_url_are_masked():
+    url = ("GET http://127.0.0.1:8000/v2/contacts?phone_numbers=%2B14155550142%2C%2B15125550111"
+           "&emails=amara.okafor%40example.com%2Cliam.smith1%40example.net \"HTTP/1.1 200 OK\"")
+    masked = mask_text(url)
+    assert masked == ("GET http://127.0.0.1:8000/v2/contacts?phone_numbers=***42%2C***11"
+                      "&emails=a***%40example.com%2C***%40example.net \"HTTP/1.1 200 OK\"")
+    assert mask_text("/profiles/email:amara.okafor%40example.com/traits") == "/profiles/email:a***%40example.com/traits"
+
+
 def test_log_records_are_masked_even_with_format_arguments(caplog):
     logger = logging.getLogger("omnisync.test.masking")
     logger.addFilter(MaskingFilter())
     with caplog.at_level(logging.INFO, logger="omnisync.test.masking"):
         logger.info("matched %s by phone %s", "amara.okafor@example.com", "+14155550142")
     assert caplog.records[0].getMessage() == "matched a***@example.com by phone ***42"
+
+
+def test_a_logged_traceback_is_masked_like_the_message():
+    # Prefect logs a failed task run with exc_info: the traceback repeats the exception's message.
+    logger = logging.getLogger("omnisync.test.masking.tb")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(MaskingFilter())
+    logger.addHandler(handler)
+    try:
+        try:
+            raise ValueError("no contact for amara.okafor@example.com / +1 (415) 555-0142")
+        except ValueError:
+            logger.exception("lookup failed")
+    finally:
+        logger.removeHandler(handler)
+    out = stream.getvalue()
+    assert "lookup failed" in out and "ValueError: no contact for a***@example.com / ***42" in out
+    assert "okafor@" not in out and "555-0142" not in out
 
 
 def test_sealed_payloads_round_trip_but_hold_no_readable_personal_data():
