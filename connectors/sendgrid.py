@@ -212,7 +212,9 @@ class SendGridConnector(Connector):
                                     modified_at=datetime.fromtimestamp(int(row["created"]), tz=timezone.utc),
                                     payload=row) for row in body]
             if records:
-                cursor = cursor.advance(records)
+                # An unsubscribe's id is the address itself: the checkpoint keeps only the time
+                # (reads overlap it and the store deduplicates), so no address sits in a cursor.
+                cursor = cursor.advance(records).model_copy(update={"last_id": None})
                 yield Page(records, cursor)
 
     # --- erasure -----------------------------------------------------------------------------

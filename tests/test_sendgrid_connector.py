@@ -119,6 +119,7 @@ def test_unsubscribes_page_by_offset_with_a_frozen_end_time():
     ids = [r.external_id for p in pages for r in p.records]
     assert ids == ["ana.silva@example.com", "leo.kim@example.net", "mia.chen@example.org"]
     assert pages[-1].cursor.modified_at == datetime.fromtimestamp(1793800000, tz=timezone.utc)
+    assert all(p.cursor.last_id is None for p in pages), "no address is kept in the checkpoint"
 
 
 def test_suppressions_post_valid_addresses_in_one_call_and_bad_ones_fail_alone():
