@@ -40,11 +40,9 @@ from pydantic import ValidationError
 
 from mappings.transforms import TRANSFORMS
 from omnisync.model import (
-    Address,
     ConsentEvent,
     ConsentState,
     CustomerProfile,
-    Handoff,
     Interaction,
     describe_validation_error,
 )
@@ -107,13 +105,17 @@ class Mapping:
                 continue
             try:
                 values[fm.target] = self._read(fm, record.payload)
-            except (ValueError, TypeError, KeyError) as e:
-                raise MappingError(label, fm.target, _safe_reason(e)) from None
+            except Exception as e:  # noqa: BLE001 - any vendor value a transform chokes on is bad input
+                raws = [dig(record.payload, src) for src in fm.sources if src != "$"]
+                raise MappingError(label, fm.target, _safe_reason(e, raws)) from None
         try:
             return self._build(values, record)
         except ValidationError as e:
-            raise MappingError(label, _first_loc(e), describe_validation_error(e, record=label)
-                               .removeprefix(label + ": ")) from None
+            loc = _first_loc(e)
+            raise MappingError(label, loc, describe_validation_error(e, record=label)
+                               .removeprefix(label + ": ").removeprefix(loc + ": ")) from None
+        except (ValueError, TypeError) as e:  # e.g. an attribute too large to render as text
+            raise MappingError(label, "<record>", _safe_reason(e)) from None
 
     def _read(self, fm: FieldMap, payload: dict[str, Any]) -> Any:
         if fm.const is not None:
@@ -155,7 +157,11 @@ class Mapping:
         if self.kind == "interaction":
             if handoff.get("from_bot"):
                 ctx = handoff.pop("context", None) or {}
-                nested["handoff"] = Handoff(**handoff, context={str(a): str(b) for a, b in dict(ctx).items()})
+                if not isinstance(ctx, dict):
+                    raise MappingError(f"{record.system}/{record.stream}/{record.external_id}", "handoff.context",
+                                       "must be an object of names to values")
+                # A dict, not a Handoff: validated inside the Interaction, errors are located at handoff.<field>.
+                nested["handoff"] = {**handoff, "context": {str(a): str(b) for a, b in ctx.items()}}
             return Interaction(**nested)
         return ConsentEvent(**nested)
 
@@ -182,7 +188,7 @@ class Mapping:
             else:
                 data[k] = v
         if address:
-            data["addresses"] = [Address(**address)]
+            data["addresses"] = [address]  # validated inside the profile: errors are at addresses.0.<part>
         data["consent"] = consent
         return CustomerProfile(**data)
 
@@ -217,15 +223,34 @@ def _is_list_target(target: str) -> bool:
     return target in {"emails", "phones"}
 
 
-def _safe_reason(e: Exception) -> str:
+def _safe_reason(e: Exception, raws: list[Any] = ()) -> str:
+    """Why a value could not be read, without the value (it may be personal data).
+
+    Transforms word their errors without the value; as a second line of defence any text of the raw
+    value that still appears (a parser's message quoting its input) is cut out. Errors other than
+    ValueError/TypeError keep only their kind: their messages are not written for readers.
+    """
+    if not isinstance(e, (ValueError, TypeError)) or isinstance(e, UnicodeError):
+        return f"cannot read the value ({type(e).__name__})"
     msg = str(e)
-    # Vendor vocabularies are not personal data, but a free-text value could be: keep it short.
+    for text in sorted({t for raw in raws for t in _texts(raw)}, key=len, reverse=True):
+        msg = msg.replace(text, "…").replace(repr(text)[1:-1], "…")
     return msg if len(msg) <= 160 else msg[:157] + "..."
+
+
+def _texts(raw: Any, depth: int = 0) -> list[str]:
+    if isinstance(raw, dict) and depth < 8:
+        return [t for k, v in raw.items() for t in _texts(k, depth + 1) + _texts(v, depth + 1)]
+    if isinstance(raw, list) and depth < 8:
+        return [t for v in raw for t in _texts(v, depth + 1)]
+    if isinstance(raw, str):
+        return [raw] if len(raw) >= 3 else []
+    return []
 
 
 def _first_loc(e: ValidationError) -> str:
     errs = e.errors()
-    return ".".join(str(p) for p in errs[0]["loc"]) if errs else "<record>"
+    return (".".join(str(p) for p in errs[0]["loc"]) or "<record>") if errs else "<record>"
 
 
 def dig(payload: Any, path: str) -> Any:

@@ -20,6 +20,23 @@ class Transform:
     outbound: Callable[[Any], Any] | None = None
 
 
+def _parsed(kind: str):
+    """Parsers' own errors quote their input (possibly personal data) or are not ValueErrors at all
+    (OverflowError, OSError for out-of-range epochs): re-raise as a ValueError naming only the kind."""
+    def wrap(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def parse(v: Any) -> Any:
+            if isinstance(v, bool):
+                raise ValueError(f"not {kind} (a boolean)")
+            try:
+                return fn(v)
+            except (ValueError, TypeError, ArithmeticError, OSError):
+                raise ValueError(f"not {kind}") from None
+        parse.__doc__ = fn.__doc__
+        return parse
+    return wrap
+
+
+@_parsed("an ISO 8601 date-time")
 def _iso(v: Any) -> datetime | None:
     if v in (None, ""):
         return None
@@ -45,6 +62,7 @@ def _iso_out(v: Any) -> str | None:
     return v.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+@_parsed("epoch milliseconds")
 def _epoch_ms(v: Any) -> datetime | None:
     if v in (None, ""):
         return None
@@ -57,6 +75,7 @@ def _epoch_ms_out(v: Any) -> int | None:
     return int(_iso(v).timestamp() * 1000)
 
 
+@_parsed("an RFC 2822 date")
 def _rfc2822(v: Any) -> datetime | None:
     if v in (None, ""):
         return None
@@ -64,6 +83,7 @@ def _rfc2822(v: Any) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
+@_parsed("a date (YYYY-MM-DD or epoch milliseconds)")
 def _date(v: Any) -> date | None:
     if v in (None, ""):
         return None
@@ -175,6 +195,6 @@ def value_map(name: str, table: dict[str, str], default: str | None = None) -> N
             return table[key]
         if default is not None:
             return default
-        raise ValueError(f"unknown value {v!r}; expected one of {sorted(table)}")
+        raise ValueError(f"unknown value; expected one of {sorted(table)}")  # not the value: it may be personal
 
     register(name, inbound, lambda v: inverse.get(v, v))

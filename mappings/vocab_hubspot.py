@@ -27,7 +27,8 @@ def vocabulary(name: str, table: dict[str, str], *, passthrough: bool = False) -
             return lookup[key]
         if passthrough:
             return str(v).strip()
-        raise ValueError(f"unknown HubSpot value {str(v)[:40]!r}; expected one of {sorted(table)} "
+        # Not the value itself: in a hostile or mis-mapped payload it may be personal data.
+        raise ValueError(f"unknown HubSpot value; expected one of {sorted(table)} "
                          f"(add it to mappings/vocab_hubspot.py)")
 
     register(name, inbound, lambda v: None if v is None else inverse.get(v, v))

@@ -25,7 +25,7 @@ def _task_channel(v: Any) -> str | None:
         return None
     channel = _SUBTYPES.get(str(v).strip().lower())
     if channel is None:
-        raise ValueError(f"Task subtype {str(v)[:20]!r} is not a customer interaction (expected Call or Email)")
+        raise ValueError("Task subtype is not a customer interaction (expected Call or Email)")
     return channel
 
 
@@ -38,7 +38,7 @@ def _call_type(v: Any) -> str:
     if kind == "internal":
         raise ValueError("internal calls (between employees) are not customer interactions")
     if kind not in _CALL_TYPES:
-        raise ValueError(f"unknown CallType {str(v)[:20]!r}; expected Inbound or Outbound")
+        raise ValueError("unknown CallType; expected Inbound or Outbound")
     return _CALL_TYPES[kind]
 
 

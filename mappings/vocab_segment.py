@@ -20,7 +20,7 @@ def _event_in(v: Any) -> str | None:
     try:
         return _CHANNELS[str(v).strip().lower()]
     except KeyError:
-        raise ValueError(f"unknown event {v!r}; expected one of {sorted(EVENTS.values())}") from None
+        raise ValueError(f"unknown event; expected one of {sorted(EVENTS.values())}") from None
 
 
 def _event_out(v: Any) -> str | None:

@@ -81,7 +81,10 @@ def _sent_at(m: Any) -> datetime | None:
     value = m.get("date_sent") or m.get("date_created")
     if not value:
         return None
-    dt = email.utils.parsedate_to_datetime(str(value))
+    try:
+        dt = email.utils.parsedate_to_datetime(str(value))
+    except (ValueError, TypeError, OverflowError):  # the parser's message quotes the value
+        raise ValueError("date_sent/date_created is not an RFC 2822 date") from None
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 

@@ -68,7 +68,7 @@ def _channel(e: Any) -> str | None:
             raise ValueError("engagement has neither channels nor channel_types")
         channel = _CHANNEL_TYPES.get(str(types[0]).lower())
         if channel is None:
-            raise ValueError(f"unknown channel type {types[0]!r}")
+            raise ValueError(f"unknown channel type; expected one of {sorted(_CHANNEL_TYPES)}")
         if channel == "chat" and _bot_only(e):
             return "bot"
         return channel
@@ -76,10 +76,10 @@ def _channel(e: Any) -> str | None:
         return channel
     if channel == "messaging":
         if source not in _MESSAGING_SOURCES:
-            raise ValueError(f"unknown messaging channel_source {source!r}")
+            raise ValueError(f"unknown messaging channel_source; expected one of {sorted(_MESSAGING_SOURCES)}")
         mapped = _MESSAGING_SOURCES[source]
         return "bot" if mapped == "chat" and _bot_only(e) else mapped
-    raise ValueError(f"unknown channel {channel!r}; expected voice, video, messaging or email")
+    raise ValueError("unknown channel; expected voice, video, messaging or email")
 
 
 def _status(e: Any) -> str | None:
