@@ -6,7 +6,8 @@ types) so a bad record is rejected with an error naming the field, and lands in 
 of polluting the golden record.
 
 Normalization (lower-cased emails, E.164 phones) happens here at the edge so that two sources
-spelling the same identifier differently produce equal canonical values.
+spelling the same identifier differently produce equal canonical values. NUL characters are
+dropped from every canonical string (they carry nothing and PostgreSQL cannot store them).
 """
 
 from __future__ import annotations
@@ -125,8 +126,25 @@ EmailAddress = Annotated[str, AfterValidator(normalize_email)]
 PhoneNumber = Annotated[str, AfterValidator(normalize_phone)]
 
 
+def _drop_nul(v: Any) -> Any:
+    if isinstance(v, str):
+        return v.replace("\x00", "") if "\x00" in v else v
+    if isinstance(v, dict):
+        return {_drop_nul(k): _drop_nul(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_drop_nul(x) for x in v]
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # A NUL character means nothing in text and PostgreSQL text columns refuse it (the whole
+        # batch's insert would fail): canonical strings never carry one.
+        return _drop_nul(data) if isinstance(data, dict) else data
 
 
 class Address(_Strict):
@@ -198,7 +216,7 @@ class CustomerProfile(_Strict):
 
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
             raise ValueError("timezone must be an IANA name such as 'Europe/London'") from None
         return v
 
