@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 HEROINE_EMAIL = "amara.okafor@example.com"
+# Prefect gives its local server 20 s to start; it needs 7-10 s on an idle 2-core machine and more
+# on a busy one. A user's own setting wins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 def _fresh_store(home: Path) -> None:

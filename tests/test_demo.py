@@ -27,12 +27,19 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_demo_tells_the_heroine_story_and_leaves_a_store_status_can_read(tmp_path):
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, dict[str, str], str]:
+    """One `make demo` run (a smaller population) shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("demo")
     env = _env(tmp_path)
     run = subprocess.run([sys.executable, "-m", "omnisync.demo", "--size", "150"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    out = run.stdout
+    return tmp_path, env, run.stdout
+
+
+def test_demo_tells_the_heroine_story_and_leaves_a_store_status_can_read(demo):
+    tmp_path, env, out = demo
     assert "First run (full sync): completed" in out, out[-3000:]
     for system in ("salesforce", "hubspot", "zoom", "twilio", "sendgrid", "segment"):
         assert f"\n  {system} " in out, f"no counts line for {system}"
@@ -57,3 +64,35 @@ def test_demo_tells_the_heroine_story_and_leaves_a_store_status_can_read(tmp_pat
     assert len(rows) == 6, second
     assert all(cols[4] == "0" for cols in rows.values()), second  # dead letters
     assert all(int(rows[s][3].replace(",", "")) > 0 for s in ("salesforce", "hubspot", "zoom")), second  # echoes
+
+
+def test_every_channel_of_the_heroine_lands_on_her_one_timeline(demo):
+    """Issue 5's acceptance on the demo's store: the bot-then-agent chat and the next day's call
+    (Zoom), the SMS and its STOP reply (Twilio) and the email events (SendGrid) are all on the
+    timeline of the one golden record her Salesforce, HubSpot and Segment records resolved to."""
+    import sqlalchemy as sa
+
+    tmp_path = demo[0]
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'home' / 'omnisync.db'}")
+    try:
+        with engine.connect() as c:
+            (gid,) = {r[0] for r in c.execute(sa.text(
+                "SELECT DISTINCT golden_id FROM identity_key WHERE kind = 'email' AND value = :v"),
+                {"v": "amara.okafor@example.com"})}  # every record with her email: one golden record
+            systems = {r[0] for r in c.execute(sa.text(
+                "SELECT DISTINCT system FROM source_record WHERE golden_id = :g AND kind = 'profile'"),
+                {"g": gid})}
+            timeline = c.execute(sa.text("SELECT system, channel, direction, summary, data FROM interaction "
+                                         "WHERE golden_id = :g ORDER BY started_at"), {"g": gid}).all()
+    finally:
+        engine.dispose()
+    assert {"salesforce", "hubspot", "segment"} <= systems, systems
+    seen = {(system, channel) for system, channel, *_ in timeline}
+    assert {("zoom", "chat"), ("zoom", "voice"), ("twilio", "sms"), ("sendgrid", "email")} <= seen, seen
+    handoffs = [json.loads(data) if isinstance(data, str) else data for system, channel, _, _, data in timeline
+                if system == "zoom" and channel == "chat"]
+    assert any((h or {}).get("handoff", {}).get("context") or (h or {}).get("handoff", {}).get("summary")
+               for h in handoffs), "the chat carries the bot's hand-off context"
+    sms_in = [summary for system, channel, direction, summary, _ in timeline
+              if system == "twilio" and direction == "inbound"]
+    assert sms_in, "her STOP reply is on the timeline"
