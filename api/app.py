@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -410,7 +410,9 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
         extra = dict(exc.extra)
         if extra.pop("page", False):
             if exc.status == 401:
-                return RedirectResponse(f"/360/login?next={_safe_next(request.url.path)}", status_code=303)
+                # encoded: a path holding "&key=..." must not become a second query parameter
+                return RedirectResponse("/360/login?" + urlencode({"next": _safe_next(request.url.path)}, safe="/"),
+                                        status_code=303)
             return _html("login.html", status=exc.status, next=_safe_next(request.url.path),
                          error=f"{exc.detail}. Sign in with a key that has it.")
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
@@ -740,7 +742,10 @@ def _is_settings_store(engine: Engine) -> bool:
 
 
 def _safe_next(path: str) -> str:
-    # only same-site paths under /360: an open redirect would turn the login link into a phishing tool
-    if not path.startswith("/360") or "//" in path or "\\" in path:
+    # only same-site paths under /360: an open redirect would turn the login link into a phishing tool;
+    # no control characters: CR/LF in a Location header would be a header injection wherever it is
+    # not encoded on the way out
+    if (not (path == "/360" or path.startswith(("/360/", "/360?"))) or "//" in path or "\\" in path
+            or any(c < " " or c == "\x7f" for c in path)):
         return "/360"
     return path
