@@ -22,7 +22,8 @@ threshold or names other files::
     rules: path/to/rules.yaml     # optional: overrides identity/rules.yaml
 
 OUT.csv has one line per input row: its id and its cluster id (the id of the cluster's first
-row). Unreadable values do not stop the run: the row is resolved on its other attributes and the
+row); an id starting like a spreadsheet formula (= + - @, tab, CR) is written with a leading ``'``.
+Unreadable values do not stop the run: the row is resolved on its other attributes and the
 problem is listed (record and field, never the value) in the summary and in OUT.csv's
 ``problems`` column.
 """
@@ -37,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from identity.analytics import csv_cell
 from identity.batch import no_gc, resolve
 from identity.matching import FieldError, RowReader, Scorer, load_config
 from identity.rules import load_rules
@@ -92,7 +94,9 @@ def run(input_csv: str | Path, config_yaml: str | Path, out_csv: str | Path) -> 
         w = csv.writer(fh)
         w.writerow(["id", "cluster_id", "problems"])
         for e, c in zip(entities, clusters):
-            w.writerow([e.id, c, "; ".join(problems.get(e.id, ()))])
+            # Ids are the input's own text: one starting like a formula (=, +, -, @) gets a leading
+            # quote so a spreadsheet opening OUT.csv shows it instead of running it.
+            w.writerow([csv_cell(e.id), csv_cell(c), csv_cell("; ".join(problems.get(e.id, ())))])
     sizes = Counter(clusters)
     return {
         "rows": len(entities),
