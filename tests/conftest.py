@@ -92,6 +92,15 @@ def pg_url() -> Iterator[str]:
     yield from _pg_schema_url()
 
 
+@pytest.fixture(autouse=True)
+def _flows_under_the_harness(request) -> None:
+    """Tests marked ``flow`` run their flows on the session's harness, not on a temporary server
+    Prefect would start per process with a heartbeat costing ~1 s per flow run. The demo test
+    runs the demo in a subprocess with a Prefect home of its own and needs none."""
+    if request.node.get_closest_marker("flow") and "demo" not in request.fixturenames:
+        request.getfixturevalue("prefect_harness")
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One Prefect test server for the whole session, without the ~1 s flow heartbeat."""

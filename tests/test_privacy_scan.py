@@ -36,7 +36,7 @@ from omnisync.story import find_by_email
 from sandbox import population
 from tests.test_flows import SYSTEMS, cluster, flow_run_detail  # noqa: F401  (module-scoped sandboxes)
 
-pytestmark = pytest.mark.flow
+pytestmark = [pytest.mark.flow, pytest.mark.xdist_group("prefect")]
 
 SIZE, SEED = 50, 11  # what tests.test_flows.cluster seeds
 TOMBSTONE_KEY = "scan-tombstone-key-5f1e0c9a"
