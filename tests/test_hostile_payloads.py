@@ -121,6 +121,8 @@ json_in_a_string = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(
                                 lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                         st.dictionaries(st.text(max_size=8), inner, max_size=3)),
                                 max_leaves=6).map(json.dumps)  # Zoom's event_content is JSON in a string
+
+
 def _junk(numbers):
     scalars = st.one_of(st.none(), st.booleans(), numbers, st.integers(), weird_text)
     return st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
