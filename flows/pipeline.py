@@ -276,13 +276,16 @@ def replay_dead_letters(system: str | None = None, stage: str = "map", limit: in
 
 
 @flow(name="erase-person")
-def erase_person(email: str | None = None, phone: str | None = None, golden_id: str | None = None) -> dict[str, Any]:
-    """Erase a person everywhere (idempotent, resumable) and leave a tombstone."""
+def erase_person(golden_id: str) -> dict[str, Any]:
+    """Erase a person everywhere (idempotent, resumable) and leave a tombstone.
+
+    Takes the golden id only: Prefect keeps a run's parameters in its history, which must not hold
+    the email or phone of a person being erased. ``omnisync erase --email/--phone`` looks the golden
+    id up first (also through the tombstone, so a resumed erasure finds its person)."""
     from flows.erase import erase
 
     _masked_logger()
-    return erase(get_engine(), email=email, phone=phone, golden_id=golden_id,
-                 connector_factory=make_connector, systems=list(CONNECTORS))
+    return erase(get_engine(), golden_id=golden_id, connector_factory=make_connector, systems=list(CONNECTORS))
 
 
 @flow(name="journey-report")

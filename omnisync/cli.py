@@ -147,7 +147,12 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if not (args.email or args.phone or args.golden_id):
         print("erase needs --email, --phone or --golden-id", file=sys.stderr)
         return 2
-    out = erase_person(email=args.email, phone=args.phone, golden_id=args.golden_id)
+    from identity.erasure import find_golden
+    from identity.store import get_engine, session_scope
+
+    with session_scope(get_engine()) as s:  # the flow gets the golden id, never the address
+        gid = find_golden(s, email=args.email, phone=args.phone, golden_id=args.golden_id)
+    out = erase_person(golden_id=gid)
     print(json.dumps(out, indent=2, default=str))
     return 0
 
