@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from tenacity import (
@@ -31,6 +32,7 @@ from tenacity import (
 )
 
 from connectors.errors import (
+    BadRequestError,
     ConnectorError,
     PaginationLoopError,
     RateLimitedError,
@@ -40,6 +42,13 @@ from connectors.errors import (
 
 log = logging.getLogger("omnisync.http")
 T = TypeVar("T")
+
+
+def seg(value: object) -> str:
+    """One URL path segment from a vendor or record id: ``/``, ``?``, ``#``, ``..`` and control
+    characters are percent-encoded, so an id can never reach another resource or cut the path."""
+    text = str(value)
+    return "%2E%2E" if text == ".." else "%2E" if text == "." else quote(text, safe="")
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -206,6 +215,8 @@ class HttpLayer:
         self.stats.calls[f"{method} {endpoint}"] += 1
         try:
             resp = self.client.request(method, url, **kw)
+        except httpx.InvalidURL as e:  # a value unfit for a URL (a raw CR/LF): this record's fault only
+            raise BadRequestError(f"{method} {endpoint}: not a valid URL", system=self.system) from e
         except httpx.TimeoutException as e:
             raise TransientError(f"timed out calling {endpoint}", system=self.system) from e
         except httpx.TransportError as e:

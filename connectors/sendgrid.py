@@ -39,7 +39,7 @@ from connectors.base import (
 )
 from connectors.credentials import SendGridCredentials
 from connectors.errors import BadRequestError, ConnectorError, PaginationLoopError, QuotaExhaustedError, AuthError
-from connectors.http import HttpLayer, Paging, RateBudget, RetryPolicy, paginate
+from connectors.http import HttpLayer, Paging, RateBudget, RetryPolicy, paginate, seg
 from omnisync.privacy import mask_text
 
 HISTORY = timedelta(days=30)
@@ -236,7 +236,7 @@ class SendGridConnector(Connector):
         for rid in ids:
             if stream in ("unsubscribes", "suppressions"):
                 try:
-                    body = self.http.json("GET", f"/v3/asm/suppressions/global/{rid}",
+                    body = self.http.json("GET", f"/v3/asm/suppressions/global/{seg(rid)}",
                                           endpoint="/v3/asm/suppressions/global/{email}")
                 except (AuthError, QuotaExhaustedError):
                     raise

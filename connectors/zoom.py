@@ -54,7 +54,7 @@ from connectors.errors import (
     RateLimitedError,
     TransientError,
 )
-from connectors.http import HttpLayer, RateBudget, RetryPolicy, TokenPaging, paginate
+from connectors.http import HttpLayer, RateBudget, RetryPolicy, TokenPaging, paginate, seg
 from omnisync.privacy import mask_text
 
 API = "/v2/contact_center"
@@ -215,7 +215,7 @@ class ZoomConnector(Connector):
                     in_order = in_order and (last_key is None or key >= last_key)
                     last_key = max(last_key, key) if last_key else key
                     if _wants_detail(e):
-                        e = self._json("GET", f"{API}/engagements/{e['engagement_id']}",
+                        e = self._json("GET", f"{API}/engagements/{seg(e['engagement_id'])}",
                                        endpoint=API + "/engagements/{engagementId}")
                     if not e.get("end_time"):
                         start = _parse(e["start_time"])
@@ -247,7 +247,7 @@ class ZoomConnector(Connector):
         params: dict[str, Any] = {"page_size": self._size("address_book_contacts")}
         if resume:
             params["next_page_token"] = cursor.token
-        url = f"{API}/address_books/{book}/contacts"
+        url = f"{API}/address_books/{seg(book)}/contacts"
 
         def fetch(u, p):
             return self._json("GET", url, params=p, endpoint=API + "/address_books/{addressBookId}/contacts")
@@ -322,7 +322,7 @@ class ZoomConnector(Connector):
     def _golden_of(self, contact: dict[str, Any]) -> str | None:
         if not contact.get("custom_fields_url"):
             return None
-        body = self._json("GET", f"{API}/address_books/contacts/{contact['contact_id']}/custom_fields",
+        body = self._json("GET", f"{API}/address_books/contacts/{seg(contact['contact_id'])}/custom_fields",
                           params={"page_size": 300}, endpoint=API + "/address_books/contacts/{contactId}/custom_fields")
         for f in body.get("custom_fields") or []:
             if f.get("custom_field_name") == GOLDEN_FIELD:
@@ -346,7 +346,7 @@ class ZoomConnector(Connector):
                 params["emails"] = ",".join(emails)
 
             def fetch(url, p):
-                return self._json("GET", f"{API}/address_books/{book}/contacts", params=p,
+                return self._json("GET", f"{API}/address_books/{seg(book)}/contacts", params=p,
                                   endpoint=API + "/address_books/{addressBookId}/contacts")
 
             try:
@@ -417,12 +417,12 @@ class ZoomConnector(Connector):
         contact_id = rec.external_id or (existing.get(golden) if golden else None)
         if contact_id:
             if "phone_numbers" in body or "emails" in body:
-                current = self._json("GET", f"{API}/address_books/{book}/contacts/{contact_id}",
+                current = self._json("GET", f"{API}/address_books/{seg(book)}/contacts/{seg(contact_id)}",
                                      endpoint=API + "/address_books/{addressBookId}/contacts/{contactId}")
                 for k in ("phone_numbers", "emails"):
                     if k in body:
                         body[k] = list(dict.fromkeys(body[k] + list(current.get(k) or [])))
-            self._call("PATCH", f"{API}/address_books/{book}/contacts/{contact_id}", json=body,
+            self._call("PATCH", f"{API}/address_books/{seg(book)}/contacts/{seg(contact_id)}", json=body,
                        endpoint=API + "/address_books/{addressBookId}/contacts/{contactId}")
             if golden:
                 self._golden[golden] = contact_id
@@ -438,7 +438,7 @@ class ZoomConnector(Connector):
 
     def _create(self, book: str, body: dict[str, Any], golden: str | None, rec: OutboundRecord) -> str:
         """POST the contact once per attempt; when the answer is lost, look it up before trying again."""
-        url = f"{API}/address_books/{book}/contacts"
+        url = f"{API}/address_books/{seg(book)}/contacts"
         last: ConnectorError | None = None
         for attempt in range(self.policy.attempts):
             if attempt:
@@ -483,7 +483,7 @@ class ZoomConnector(Connector):
             out = []
             for eid in ids:
                 try:
-                    self._call("DELETE", f"{API}/engagements/{eid}/recordings",
+                    self._call("DELETE", f"{API}/engagements/{seg(eid)}/recordings",
                                endpoint=API + "/engagements/{engagementId}/recordings")
                     out.append(WriteOutcome(eid, WriteStatus.unchanged, external_id=eid, error=self.RETAINED))
                 except NotFoundError:
@@ -507,7 +507,7 @@ class ZoomConnector(Connector):
             outcome = WriteOutcome(cid, WriteStatus.unchanged, external_id=cid)
             for book in books:
                 try:
-                    self._call("DELETE", f"{API}/address_books/{book}/contacts/{cid}",
+                    self._call("DELETE", f"{API}/address_books/{seg(book)}/contacts/{seg(cid)}",
                                endpoint=API + "/address_books/{addressBookId}/contacts/{contactId}")
                     outcome = WriteOutcome(cid, WriteStatus.deleted, external_id=cid)
                     break

@@ -120,3 +120,19 @@ def test_a_repeated_cursor_is_a_pagination_loop_not_an_endless_read():
     looping = {"items": [1], "next_page_uri": "/p?page=2"}
     with pytest.raises(PaginationLoopError):
         list(paginate(lambda url, p: looping, NextUrlPaging(), {}))
+
+
+def test_an_id_becomes_one_path_segment_that_cannot_reach_another_resource():
+    from connectors.http import seg
+
+    assert seg("a#b@x.io") == "a%23b%40x.io" and seg("../admin") == "..%2Fadmin" and seg("..") == "%2E%2E"
+    assert seg("x?y=1") == "x%3Fy%3D1" and seg("a\r\nX-Evil: 1") == "a%0D%0AX-Evil%3A%201"
+
+
+def test_a_url_httpx_refuses_is_a_bad_request_for_that_record_not_a_crash():
+    from connectors.errors import BadRequestError
+
+    # Nothing listens on port 9: had a request gone out, this would be a (retried) connection error.
+    layer = HttpLayer(system="acme", base_url="http://127.0.0.1:9", policy=RetryPolicy(attempts=1))
+    with pytest.raises(BadRequestError, match="not a valid URL"):
+        layer.json("GET", "/v1/things/a\r\nb", endpoint="/v1/things/{id}")
