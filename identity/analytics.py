@@ -47,6 +47,7 @@ INTERVAL = timedelta(minutes=15)
 WFM_COLUMNS = ["interval_start", "interval_end", "channel", "queue", "direction", "contacts", "handled",
                "aht_seconds", "total_handle_seconds"]
 _STREAM_BATCH = 2_000
+MAX_WFM_ROWS = 200_000  # about 30 days of 15-minute intervals for 70 channel/queue series
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -229,6 +230,11 @@ def _floor(t: datetime) -> datetime:
     return t.replace(minute=t.minute - t.minute % 15, second=0, microsecond=0)
 
 
+def _ceil(t: datetime) -> datetime:
+    down = _floor(t)
+    return down if down == t.astimezone(timezone.utc) else down + INTERVAL
+
+
 def _handle_seconds(started: datetime, ended: datetime | None, wait: Any) -> float | None:
     """Time an agent (or the bot) spent on the contact: start to end, less time waiting in queue."""
     if ended is None:
@@ -248,6 +254,12 @@ def wfm_intervals(session: Session, since: datetime | None = None, until: dateti
     ``handled`` counts contacts that have ended (open ones have no handle time yet);
     ``aht_seconds`` is their mean handle time (end minus start, less queue wait when the contact
     center reports it). ``direction`` is inbound (the default: arrivals to forecast), outbound or all.
+
+    Forecasting tools read a missing interval as missing data, not as a quiet one, so every
+    interval of the range is listed for each channel, queue and direction that had a contact in it,
+    with zero contacts where there were none. The range is ``[since, until)`` on 15-minute
+    boundaries (an open bound: the first or last interval with a contact); a range that would need
+    more than ``MAX_WFM_ROWS`` rows is refused (``ValueError``) rather than built in memory.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
@@ -274,13 +286,25 @@ def wfm_intervals(session: Session, since: datetime | None = None, until: dateti
         if h is not None:
             b[1] += 1
             b[2] += h
+    if not buckets:
+        return []
+    series = sorted({k[1:] for k in buckets})
+    first = _floor(since) if since is not None else min(k[0] for k in buckets)
+    end = _ceil(until) if until is not None else max(k[0] for k in buckets) + INTERVAL
+    intervals = int((end - first) / INTERVAL)
+    if intervals * len(series) > MAX_WFM_ROWS:
+        raise ValueError(f"the range needs {intervals} intervals for {len(series)} channel/queue series, more than "
+                         f"{MAX_WFM_ROWS} rows: narrow since/until or filter channels")
     rows = []
-    for (start, channel, queue, dirn), (n, handled, total) in sorted(buckets.items()):
-        rows.append({"interval_start": start.isoformat().replace("+00:00", "Z"),
-                     "interval_end": (start + INTERVAL).isoformat().replace("+00:00", "Z"),
-                     "channel": channel, "queue": queue, "direction": dirn, "contacts": n, "handled": handled,
-                     "aht_seconds": round(total / handled, 1) if handled else None,
-                     "total_handle_seconds": round(total, 1)})
+    for i in range(intervals):
+        start = first + i * INTERVAL
+        for channel, queue, dirn in series:
+            n, handled, total = buckets.get((start, channel, queue, dirn), (0, 0, 0.0))
+            rows.append({"interval_start": start.isoformat().replace("+00:00", "Z"),
+                         "interval_end": (start + INTERVAL).isoformat().replace("+00:00", "Z"),
+                         "channel": channel, "queue": queue, "direction": dirn, "contacts": n, "handled": handled,
+                         "aht_seconds": round(total / handled, 1) if handled else None,
+                         "total_handle_seconds": round(total, 1)})
     return rows
 
 

@@ -110,10 +110,38 @@ def test_wfm_buckets_by_15_minutes_channel_and_queue_with_handle_time_less_wait(
     first = [r for r in rows if r["channel"] == "voice" and r["interval_start"] == "2026-05-04T10:00:00Z"][0]
     # 540 s (600 less 60 s wait) and 360 s; the open contact counts as volume but has no handle time
     assert (first["contacts"], first["handled"], first["aht_seconds"]) == (3, 2, 450.0)
-    second = [r for r in rows if r["interval_start"] == "2026-05-04T10:15:00Z"][0]
+    second = [r for r in rows if r["channel"] == "voice" and r["interval_start"] == "2026-05-04T10:15:00Z"][0]
     assert (second["contacts"], second["aht_seconds"], second["interval_end"]) == (1, 240.0, "2026-05-04T10:30:00Z")
     assert all(r["direction"] == "inbound" for r in rows)
-    assert [(r["channel"], r["direction"]) for r in every] == [("sms", "outbound")]
+    assert {(r["channel"], r["direction"]) for r in every} == {("sms", "outbound")}
+    assert sum(r["contacts"] for r in every) == 1 and len(every) == 96  # a day of intervals
     table = list(csv.reader(io.StringIO(analytics.wfm_csv(rows))))
     assert table[0] == analytics.WFM_COLUMNS
     assert any(r[3] == "'=HYPERLINK(\"x\")" for r in table[1:])  # formula made inert
+
+
+def test_wfm_lists_every_interval_of_the_range_per_channel_and_queue_with_zeros(engine):
+    add(engine, row("a", "voice", T + timedelta(minutes=1), queue="Support", minutes=10),
+        row("b", "voice", T + timedelta(minutes=50), queue="Support", minutes=10),
+        row("c", "chat", T + timedelta(minutes=20), queue="Sales", minutes=5))
+    with Session(engine) as s:
+        # since/until off the 15-minute grid: the intervals that hold them are included
+        rows = analytics.wfm_intervals(s, T - timedelta(minutes=10), T + timedelta(hours=1, minutes=5))
+        spanned = analytics.wfm_intervals(s)  # no bounds: first to last interval with a contact
+        with pytest.raises(ValueError, match="narrow since/until"):
+            analytics.wfm_intervals(s, T - timedelta(days=3650), T + DAY)
+    starts = sorted({r["interval_start"] for r in rows})
+    assert starts == ["2026-05-04T09:45:00Z", "2026-05-04T10:00:00Z", "2026-05-04T10:15:00Z",
+                      "2026-05-04T10:30:00Z", "2026-05-04T10:45:00Z", "2026-05-04T11:00:00Z"]
+    series = {(r["channel"], r["queue"]) for r in rows}
+    assert series == {("voice", "Support"), ("chat", "Sales")}
+    assert len(rows) == len(starts) * len(series), "every interval for every channel and queue"
+    by = {(r["interval_start"], r["channel"]): r for r in rows}
+    quiet = by[("2026-05-04T10:15:00Z", "voice")]
+    assert (quiet["contacts"], quiet["handled"], quiet["aht_seconds"], quiet["total_handle_seconds"]) == (0, 0, None, 0)
+    assert by[("2026-05-04T10:45:00Z", "voice")]["contacts"] == 1 and by[("2026-05-04T10:15:00Z", "chat")]["contacts"] == 1
+    assert sum(r["contacts"] for r in rows) == 3
+    assert [r["interval_start"] for r in spanned if r["channel"] == "voice"] == starts[1:5]
+    table = list(csv.reader(io.StringIO(analytics.wfm_csv(rows))))
+    assert len(table) == 1 + len(rows)
+    assert table[1 + rows.index(quiet)][5:] == ["0", "0", "", "0.0"]  # zeros, and no handle time to average
