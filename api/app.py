@@ -6,8 +6,9 @@ Downstream systems read the golden store through this service; it never writes g
 * ``GET /v1/lookup``: the screen pop, by email, phone or any system's external id; answers with what
   routing and the agent need first (name, language, consent, tier, last contact, open case, the
   last bot hand-off). Scope ``lookup``.
-* ``GET /v1/profiles/{id}`` and ``/timeline``: the profile with consent and lineage, the unified
-  timeline with keyset paging over ``(started_at, id)``. Scope ``profile:read``.
+* ``GET /v1/profiles/{id}`` and ``/timeline``: the profile with consent (and field lineage with
+  ``lineage=true``), the unified timeline with keyset paging over ``(started_at, id)``. Scope
+  ``profile:read``.
 * ``GET /v1/changes``: the change feed, keyset by ``seq``. Scope ``profile:read``.
 * ``GET /v1/analytics/journeys``, ``/v1/analytics/wfm`` and ``/wfm.csv``. Scope ``profile:read``.
 * ``GET /360/...``: the server-rendered Customer 360 page; the key travels in an HttpOnly cookie
@@ -520,10 +521,14 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
         body["customer360_url"] = f"/360/{best.golden_id}"
         return fast_json(body)
 
-    @app.get("/v1/profiles/{golden_id}", tags=["profiles"], summary="One golden profile with consent and lineage")
-    def profile(golden_id: str, lineage: bool = True, who: Principal = Depends(_require("profile:read")),
-                s: Session = Depends(get_session)) -> Response:
-        """An absorbed id answers with its survivor: ``golden_id`` is the survivor, ``requested_id`` what was asked."""
+    @app.get("/v1/profiles/{golden_id}", tags=["profiles"],
+             summary="One golden profile with consent; field lineage on request (lineage=true)")
+    def profile(golden_id: str,
+                lineage: bool = Query(False, description="Add each field's lineage: source system and record, "
+                                                         "observed time and the survivorship rule that chose it"),
+                who: Principal = Depends(_require("profile:read")), s: Session = Depends(get_session)) -> Response:
+        """An absorbed id answers with its survivor: ``golden_id`` is the survivor, ``requested_id`` what was asked.
+        Lineage doubles the body and is for audits and "why is this value here": only on request."""
         survivor, rec = load_profile(s, golden_id)
         p = rec.profile or {}
         body: dict[str, Any] = {

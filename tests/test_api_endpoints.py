@@ -203,12 +203,16 @@ def test_overlong_parameters_are_422_without_echoing_the_input(api):
 
 # --- profile -------------------------------------------------------------------------------------
 
-def test_profile_of_an_absorbed_id_answers_with_the_survivor_and_lineage(api):
-    b = get(api, f"/v1/profiles/{ABSORBED}").json()
+def test_profile_of_an_absorbed_id_answers_with_the_survivor_and_lineage_on_request(api):
+    b = get(api, f"/v1/profiles/{ABSORBED}", lineage="true").json()
     assert (b["golden_id"], b["requested_id"], b["redirected"]) == (AMARA, ABSORBED, True)
     assert b["profile"]["emails"][0] == EMAIL and b["merged_ids"] == [ABSORBED]
     assert b["lineage"]["first_name"] == {"system": "salesforce", "record": "003A", "rule": "most_trusted"}
+    plain = get(api, f"/v1/profiles/{AMARA}").json()
+    assert "lineage" not in plain, "lineage only on request"
+    assert plain["consent"] and plain["profile"]["value_tier"] == "gold"
     assert "lineage" not in get(api, f"/v1/profiles/{AMARA}", lineage="false").json()
+    assert get(api, f"/v1/profiles/{AMARA}", lineage="maybe").status_code == 422
 
 
 def test_unknown_profile_is_404_and_erased_is_410(api):
@@ -219,7 +223,7 @@ def test_unknown_profile_is_404_and_erased_is_410(api):
 
 def test_without_pii_read_every_personal_value_is_masked(api):
     bodies = [api.get(path, headers={"X-API-Key": api.keys["masked"]}).text for path in
-              ("/v1/lookup?phone=%2B447700900123", f"/v1/profiles/{AMARA}", f"/v1/profiles/{AMARA}/timeline",
+              ("/v1/lookup?phone=%2B447700900123", f"/v1/profiles/{AMARA}?lineage=true", f"/v1/profiles/{AMARA}/timeline",
                "/v1/changes")]
     everything = "\n".join(bodies)
     for secret in (EMAIL, "amara@work.example", "900123", "Okafor", "High St", "LS1", "1990-04-01", "Amara"):
@@ -297,9 +301,14 @@ def test_journey_and_wfm_endpoints(api):
     lines = csv.text.strip().split("\r\n")
     assert lines[0].startswith("interval_start,interval_end,channel,queue")
     assert "2026-03-02T09:00:00Z,2026-03-02T09:15:00Z,bot,,inbound,1,1,360.0,360.0" in lines
-    assert len(lines) == 1 + 7
+    cells = [line.split(",") for line in lines[1:]]
+    series = {tuple(c[2:5]) for c in cells}
+    assert len(cells) == 2 * 96 * len(series), "every 15-minute interval of the two days, for every channel and queue"
+    assert sum(int(c[5]) for c in cells) == 7
+    assert "2026-03-02T09:15:00Z,2026-03-02T09:30:00Z,bot,,inbound,0,0,,0.0" in lines, "a quiet interval is a zero"
     rows = get(api, "/v1/analytics/wfm", since="2026-03-02", until="2026-03-04").json()["rows"]
     assert sum(r["contacts"] for r in rows) == 5  # inbound only by default
+    assert {r["interval_start"] for r in rows} >= {"2026-03-02T00:00:00Z", "2026-03-03T23:45:00Z"}
 
 
 @pytest.mark.parametrize("path,params", [("/v1/analytics/journeys", {"since": "yesterday"}),
