@@ -29,14 +29,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run as current_flow_run
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 
 from connectors.errors import ConnectorError
 from flows import orchestrate, report
 from flows.connect import CONNECTORS, make_connector
 from identity.push import CircuitOpen
 from identity.store import get_engine, run_in_transaction
-from omnisync.privacy import install_log_masking
+from omnisync.privacy import install_log_masking, mask_text
 from omnisync.records import Cursor
 
 ALL_SYSTEMS = orchestrate.ALL_SYSTEMS
@@ -193,30 +193,50 @@ def backfill(system: str, stream: str, start: datetime, end: datetime | None = N
     windows = split_windows(start, end, partitions)
     progress = create_progress_artifact(progress=0.0, key=f"backfill-{system}-{stream}".replace("_", "-"),
                                         description=f"{system}/{stream} backfill: {len(windows)} windows")
-    results = []
     if deployment:
         from prefect.deployments import run_deployment
 
         runs = [run_deployment(deployment, parameters={"system": system, "stream": stream, "start": a, "until": b,
                                                         "partition": label}, timeout=0)
                 for label, a, b in windows]
-        results = _await_runs(runs, progress)
+        results = _await_runs(runs, [label for label, _, _ in windows], progress, system, stream)
     else:
         futures = [sync_stream_task.submit(system, stream, partition=label, start=a, until=b, run_id=run_id)
                    for label, a, b in windows]
-        for i, f in enumerate(futures, 1):
-            results.append(f.result())
+        results = []
+        for i, ((label, _, _), f) in enumerate(zip(windows, futures), 1):
+            f.wait()
+            if f.state.is_completed():
+                results.append({**f.state.result(), "partition": label})
+            else:  # one window failing does not hide what the others did
+                results.append({"system": system, "stream": stream, "partition": label, "status": "failed",
+                                "message": mask_text(f.state.message or f.state.name or "failed")[:300],
+                                "counts": {}})
             update_progress_artifact(progress, progress=100.0 * i / len(futures))
-    counts = orchestrate.collect([r for r in results if "counts" in r])
-    report.counts_artifact(counts, key=f"backfill-{system}", title=f"{system}/{stream} backfill")
-    return {"windows": len(windows), "counts": counts.as_dict()}
+    counts = orchestrate.collect([r for r in results if r.get("counts")])
+    incomplete = [r for r in results if r.get("status") not in ("ok", "completed")]
+    report.counts_artifact(counts, key=f"backfill-{system}", title=f"{system}/{stream} backfill",
+                           failed=[{"system": system, "stream": f"{stream} window {r['partition']}",
+                                    "message": r.get("message") or r.get("status")} for r in incomplete])
+    summary = {"windows": len(windows), "counts": counts.as_dict(),
+               "incomplete": [{"partition": r["partition"], "status": r.get("status"), "message": r.get("message")}
+                              for r in incomplete]}
+    if incomplete:
+        return Failed(message=f"{len(incomplete)} of {len(windows)} windows did not finish "
+                              f"({', '.join(sorted({str(r.get('status')) for r in incomplete}))}); run the same "
+                              "backfill again: each window resumes from its own checkpoint", data=summary)
+    return summary
 
 
 @flow(name="backfill-partition")
 def backfill_partition(system: str, stream: str, start: datetime, until: datetime, partition: str) -> dict[str, Any]:
     """One backfill window (what each worker runs when a backfill is spread over a work pool)."""
     _masked_logger()
-    return sync_stream_task(system, stream, partition=partition, start=start, until=until, run_id=_run_id())
+    out = sync_stream_task(system, stream, partition=partition, start=start, until=until, run_id=_run_id())
+    if out["status"] != "ok":  # a window stopped short (quota, a failing stream): its run says so
+        return Failed(message=f"window {partition}: {out['status']}: {mask_text(out.get('message') or '')[:300]}"
+                              + (f" (resume after {out['resume_at']})" if out.get("resume_at") else ""), data=out)
+    return out
 
 
 def split_windows(start: datetime, end: datetime, partitions: int) -> list[tuple[str, datetime, datetime]]:
@@ -230,24 +250,40 @@ def split_windows(start: datetime, end: datetime, partitions: int) -> list[tuple
     return [(f"{bounds[i]:%Y%m%dT%H%M%S}", bounds[i], bounds[i + 1]) for i in range(partitions)]
 
 
-def _await_runs(runs, progress) -> list[dict[str, Any]]:
+def _await_runs(runs, labels: list[str], progress, system: str, stream: str) -> list[dict[str, Any]]:
+    """Wait for the windows' deployment runs; each window's records come from its checkpoint in the
+    shared store (a worker's flow result is not persisted, the store is)."""
     import time
 
     from prefect import get_client
+    from sqlmodel import select
 
-    pending = {r.id for r in runs}
-    done: list[dict[str, Any]] = []
+    from identity.store import Checkpoint, session_scope
+
+    pending = {r.id: label for r, label in zip(runs, labels)}
+    states: dict[str, Any] = {}
     with get_client(sync_client=True) as client:
         while pending:
-            for rid in list(pending):
+            for rid, label in list(pending.items()):
                 fr = client.read_flow_run(rid)
                 if fr.state and fr.state.is_final():
-                    pending.discard(rid)
-                    done.append({"flow_run": str(rid), "state": fr.state.type.value, "counts": {}})
-            update_progress_artifact(progress, progress=100.0 * len(done) / len(runs))
+                    del pending[rid]
+                    states[label] = fr.state
+            update_progress_artifact(progress, progress=100.0 * len(states) / len(runs))
             if pending:
                 time.sleep(2)
-    return done
+    with session_scope(get_engine()) as s:
+        records = {c.partition: c.records for c in s.exec(select(Checkpoint).where(
+            Checkpoint.system == system, Checkpoint.stream == stream, Checkpoint.partition.in_(labels)))}
+    out = []
+    for label in labels:
+        state = states[label]
+        ok = state.is_completed()
+        out.append({"system": system, "stream": stream, "partition": label,
+                    "status": "ok" if ok else "failed",
+                    "message": None if ok else mask_text(state.message or state.name or "failed")[:300],
+                    "counts": {f"{system}/{stream}": {"read": records.get(label, 0)}}})
+    return out
 
 
 @flow(name="reconcile")
