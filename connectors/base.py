@@ -48,6 +48,8 @@ class StreamSpec:
     ``kind`` is ``"profile"`` (people: contacts, leads, address-book entries), ``"interaction"``
     (calls, chats, messages, email events, activities) or ``"consent"``.
     ``write_batch`` is the vendor's maximum records per write call (0 = not writable).
+    ``retention`` is how far back the vendor keeps records (None: for good): a full read that no
+    longer returns an older record is not evidence that it was deleted.
     """
 
     name: str
@@ -57,6 +59,7 @@ class StreamSpec:
     write_batch: int = 0
     overlap: timedelta = timedelta(minutes=5)
     incremental: bool = True
+    retention: timedelta | None = None
 
 
 class Connector(ABC):

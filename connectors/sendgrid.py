@@ -107,7 +107,7 @@ class _OffsetPaging(Paging):
 class SendGridConnector(Connector):
     system = "sendgrid"
     streams = {
-        "messages": StreamSpec("messages", "interaction", "email_activity", page_size=1000),
+        "messages": StreamSpec("messages", "interaction", "email_activity", page_size=1000, retention=HISTORY),
         "unsubscribes": StreamSpec("unsubscribes", "consent", "global_unsubscribes", page_size=500,
                                    overlap=timedelta(minutes=10)),
         "suppressions": StreamSpec("suppressions", "consent", "global_unsubscribes", page_size=500,

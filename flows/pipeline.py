@@ -287,15 +287,17 @@ def _await_runs(runs, labels: list[str], progress, system: str, stream: str) -> 
 
 
 @flow(name="reconcile")
-def reconcile(systems: list[str] | None = None) -> dict[str, Any]:
-    """Full sweep: find hard deletes and merges no cursor shows, and re-plan every golden record."""
-    from flows.reconcile import sweep
+def reconcile(systems: list[str] | None = None, kinds: list[str] | None = None) -> dict[str, Any]:
+    """Full sweep: hard deletes, merges, formula and association changes that no cursor shows.
+
+    ``kinds`` narrows the streams read in full (default: profiles and interactions)."""
+    from flows.reconcile import KINDS, sweep
 
     _masked_logger()
     run_id = _run_id()
     out = {}
     for system in systems or ALL_SYSTEMS:
-        out[system] = sweep(get_engine(), make_connector(system), run_id=run_id)
+        out[system] = sweep(get_engine(), make_connector(system), run_id=run_id, kinds=tuple(kinds or KINDS))
     resolve_task(run_id=run_id)
     return out
 
