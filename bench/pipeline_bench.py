@@ -9,7 +9,9 @@ limits a first load is bound by calls: see hubspot_bench and push_bench).
 
 The run is drain, sync every stream, resolve, enrich from the CDP; the push-back is measured by
 push_bench. "records" are the vendor records read (contacts, leads, profiles and interactions).
-Peak memory is the measuring child's max RSS (sandboxes live in their own process).
+Peak memory is the measuring child's max RSS (sandboxes live in their own process); a last, plain-only
+run sizes the population for about 1,000,000 contacts (``OMNISYNC_BENCH_PIPELINE_CONTACTS``, 0 to
+skip) to show memory stays flat.
 Run: ``python -m bench.pipeline_bench [--quick]``.
 """
 
@@ -114,7 +116,7 @@ def _child(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen:
                             env={**os.environ, "PYTHONPATH": str(REPO), **env}, **kw)
 
 
-def run_size(size: int) -> dict[str, Any]:
+def run_size(size: int, modes: tuple[str, ...] = ("plain", "prefect")) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"pipebench{size}-"))
     info = work / "sandbox.json"
     server = _child(["--serve", str(size), str(info)], {}, start_new_session=True)
@@ -125,7 +127,7 @@ def run_size(size: int) -> dict[str, Any]:
                 raise RuntimeError("sandboxes did not start")
             time.sleep(0.5)
         out: dict[str, Any] = {"size": size}
-        for mode in ("plain", "prefect"):
+        for mode in modes:
             env = {"OMNISYNC_SANDBOX_INFO": str(info), "OMNISYNC_HOME": str(work / mode),
                    "OMNISYNC_DATABASE_URL": f"sqlite:///{work / mode / 'store.db'}"}
             (work / mode).mkdir()
@@ -167,7 +169,22 @@ def main(quick: bool = False) -> dict[str, Any]:
               "prefect_time_x": big["prefect"]["wall_s"] / small["prefect"]["wall_s"],
               "peak_mem_x": big["plain"]["peak_rss_mb"] / small["plain"]["peak_rss_mb"]}
     print("10x data -> " + ", ".join(f"{k} {v:.2f}" for k, v in growth.items()))
-    return {"rows": rows, "growth": growth}
+    result: dict[str, Any] = {"rows": rows, "growth": growth}
+    # Peak memory at about 1,000,000 contacts (profiles read from every system): the population that
+    # many people per contact the large run measured gives; plain stages only (Prefect adds no data).
+    target = int(os.environ.get("OMNISYNC_BENCH_PIPELINE_CONTACTS", "0" if quick else "1000000"))
+    if target:
+        per_person = big["plain"]["contacts"] / big["size"]
+        size = int(round(target / per_person, -3))
+        m = run_size(size, modes=("plain",))["plain"]
+        m["rps"] = m["records"] / m["wall_s"]
+        print(f"{size:>8} {'plain':>7} {m['contacts']:>9} {m['interactions']:>9} {m['wall_s']:>8.1f} {m['rps']:>8.0f} "
+              f"{m['peak_rss_mb']:>8.0f} {str(m['reconciles']):>10}", flush=True)
+        result["memory_run"] = {"size": size, **m,
+                                "peak_mem_x_vs_large": m["peak_rss_mb"] / big["plain"]["peak_rss_mb"]}
+        print(f"peak memory at {m['contacts']:,d} contacts: {m['peak_rss_mb']:.0f} MB "
+              f"({result['memory_run']['peak_mem_x_vs_large']:.2f}x the {big['plain']['contacts']:,d}-contact run)")
+    return result
 
 
 if __name__ == "__main__":
