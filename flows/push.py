@@ -1,12 +1,14 @@
 """Executing a push plan through the connectors (plain functions; the push-back flow wraps them).
 
 Writes go out in chunks; after each chunk its outcomes are recorded in the outbound ledger in one
-transaction, so a crash loses at most one chunk of idempotent upserts. Records the vendor refused
-(bad data) are dead-lettered with the vendor's reason; loop alarms are dead-lettered and flag the
-run. Records left unconfirmed by a retryable failure (quota spent, a 5xx that outlived its
-retries, a locked row) are not bad input: the push to that system stops there, is reported, and
-its push checkpoint (change-feed position) stays put, so the next run plans them again (the ledger
-makes what did succeed a no-op). The checkpoint advances only when all the system's streams did.
+transaction, so a crash loses at most one chunk of idempotent upserts. Before a chunk goes out,
+what it may change is noted in the ledger (write-ahead), so a write whose answer was lost still
+reads back as our echo. Records the vendor refused (bad data) are dead-lettered with the vendor's
+reason; loop alarms are dead-lettered and flag the run. Records left unconfirmed by a retryable
+failure (quota spent, a 5xx that outlived its retries, a locked row) are not bad input: the push to
+that system stops there, is reported, and its push checkpoint (change-feed position) stays put, so
+the next run plans them again (the ledger makes what did succeed a no-op). The checkpoint advances
+only when all the system's streams did.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from identity.push import (
     StreamPlan,
     check_breaker,
     merge_key,
+    record_attempts,
     record_outcomes,
     save_push_checkpoint,
 )
@@ -132,6 +135,9 @@ def _write_stream(engine: Engine, conn: Connector, sp: StreamPlan, result: PushR
     # up to 500 KB) gets whole batches, so the ledger's chunking costs no extra calls.
     spec = conn.streams.get(sp.stream)
     for batch in chunks(sp.records, max(CHUNK, spec.write_batch if spec else 0)):
+        # Write-ahead: what the chunk may change is in the ledger before it goes out, so a record
+        # showing our values after a lost answer (quota, crash) still reads back as our echo.
+        run_in_transaction(lambda s, batch=batch: record_attempts(s, sp, list(batch)), engine)
         outcomes = conn.write(sp.stream, list(batch))
         by_key = {r.key: r for r in batch}
 

@@ -2,7 +2,9 @@
 
 A golden record's ``profile`` is recomputed from all of its live source records whenever one of
 them changes (:func:`refresh`), so the result never depends on arrival order: the same sources
-always give the same golden record, on the real-time path and after a batch re-resolution.
+always give the same golden record, on the real-time path and after a batch re-resolution. What
+a source contributes is what it says of its own (:func:`row_facts`): values omnisync pushed into
+it are not evidence, so the golden record does not depend on the order of our own writes either.
 
 Which value survives is declared per field in ``mappings/survivorship.yaml`` (source priority,
 most recent, most complete, most frequent, "prefer X unless blank", union). Every field carries
@@ -100,10 +102,23 @@ def load_survivorship(path: str = str(SURVIVORSHIP_PATH)) -> Survivorship:
 class _Candidate:
     value: Any
     row: SourceRow
+    observed: datetime
 
-    @property
-    def observed(self) -> datetime:
-        return as_utc(self.row.modified_at) or _EPOCH
+
+def row_facts(row: SourceRow) -> tuple[dict[str, Any], datetime]:
+    """What a source record says of its own, and when it last said something new.
+
+    That is its canonical profile, except for records omnisync has written to: ingest keeps
+    their facts apart (``canonical["facts"]``: the profile minus the values we wrote, observed
+    when the vendor last changed something itself). Our own writes coming back never vote, and
+    never make a record look more recent, so survivorship gives the same golden record whenever
+    and in however many pieces they landed.
+    """
+    canonical = row.canonical or {}
+    facts = canonical.get("facts")
+    if facts:
+        return facts.get("profile") or {}, as_utc(datetime.fromisoformat(facts["observed_at"]))
+    return canonical.get("profile") or {}, as_utc(row.modified_at) or _EPOCH
 
 
 def _blank(v: Any) -> bool:
@@ -126,12 +141,18 @@ def _completeness(v: Any) -> int:
 def _rank(priority: tuple[str, ...]) -> Callable[[_Candidate], tuple]:
     def key(c: _Candidate) -> tuple:
         pos = priority.index(c.row.system) if c.row.system in priority else len(priority)
-        return (pos, -c.observed.timestamp(), c.row.id or 0)
+        return (pos, -c.observed.timestamp(), _identity(c.row))
     return key
 
 
 def _recent(c: _Candidate) -> tuple:
-    return (-c.observed.timestamp(), c.row.id or 0)
+    return (-c.observed.timestamp(), _identity(c.row))
+
+
+def _identity(row: SourceRow) -> tuple[str, str, str]:
+    # Ties go by the vendor's identity of the record, not the store's surrogate id: that one
+    # follows the order records happened to be read in.
+    return (row.system, row.stream, row.external_id)
 
 
 def _pick(rule: str, cands: list[_Candidate], fr: FieldRule, sv: Survivorship) -> _Candidate:
@@ -149,13 +170,15 @@ def survive(rows: list[SourceRow], consent: Iterable[ConsentEventRow] = (),
             sv: Survivorship | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The golden profile and its lineage from live profile rows and consent events."""
     sv = sv or load_survivorship()
-    profiles = [(r, r.canonical.get("profile") or {}) for r in rows]
+    facts = [(r, *row_facts(r)) for r in rows]
+    profiles = [(r, p) for r, p, _ in facts]
+    seen_at = {id(r): t for r, _, t in facts}
     out: dict[str, Any] = {}
     lineage: dict[str, Any] = {}
     for name in CustomerProfile.model_fields:
         if name in ("consent", "external_ids", "attributes"):
             continue
-        cands = [_Candidate(p.get(name), r) for r, p in profiles if not _blank(p.get(name))]
+        cands = [_Candidate(p.get(name), r, t) for r, p, t in facts if not _blank(p.get(name))]
         if not cands:
             continue
         fr = sv.for_field(name)
@@ -182,7 +205,7 @@ def survive(rows: list[SourceRow], consent: Iterable[ConsentEventRow] = (),
 
     ext: dict[str, str] = {}
     attrs: dict[str, str] = {}
-    for r, p in sorted(profiles, key=lambda rp: (as_utc(rp[0].modified_at) or _EPOCH, rp[0].id or 0)):
+    for r, p in sorted(profiles, key=lambda rp: (seen_at[id(rp[0])], _identity(rp[0]))):
         ext.update(p.get("external_ids") or {})
         ext.setdefault(r.system, r.external_id)
         attrs.update(p.get("attributes") or {})
@@ -289,6 +312,18 @@ def _show(v: Any) -> str:
     return str(v)
 
 
+def _pair_line(pair: dict[str, Any]) -> str:
+    """One matched pair: records, match weight and probability, comparisons that agreed and did not."""
+    a, b = pair.get("records", ["?", "?"])
+    p = pair.get("probability")
+    prob = f", probability {p:.6f}" if p is not None else ""
+    agreed = ", ".join(pair.get("agreed", [])) or "-"
+    out = f"{a} ~ {b}: match weight {pair.get('weight', 0):.1f}{prob}; agreed: {agreed}"
+    if pair.get("disagreed"):
+        out += f"; disagreed: {', '.join(pair['disagreed'])}"
+    return out
+
+
 def explain(session: Session, golden_id: str) -> str:
     """Which records were merged into a golden record, on what evidence, and why each field has its value.
 
@@ -308,7 +343,8 @@ def explain(session: Session, golden_id: str) -> str:
 
     sources = list(session.exec(select(SourceRow).where(SourceRow.golden_id == gid).order_by(SourceRow.id)))
     keys: dict[int, list[str]] = defaultdict(list)
-    for k in session.exec(select(IdentityKey).where(IdentityKey.golden_id == gid)):
+    for k in session.exec(select(IdentityKey).where(IdentityKey.golden_id == gid,
+                                                    IdentityKey.kind.not_in(("blk", "tf")))):
         keys[k.source_id].append(f"{k.kind}={k.value}")
     counts = Counter(k for ks in keys.values() for k in ks)
     lines += ["", f"Source records ({len(sources)})"]
@@ -327,8 +363,22 @@ def explain(session: Session, golden_id: str) -> str:
         lines += ["", "Merges"]
         for e in events:
             ev = e.evidence or {}
+            if e.kind == "unmerge":
+                lines.append(f"  {e.at:%Y-%m-%d %H:%M} unmerge: {', '.join(ev.get('records', [])) or ev.get('record', '?')}"
+                             f" left {e.survivor_id} for {e.absorbed_id} ({ev.get('reason', '')})")
+                continue
             lines.append(f"  {e.at:%Y-%m-%d %H:%M} {e.kind}: {e.absorbed_id} -> {e.survivor_id} "
-                         f"on {', '.join(ev.get('keys', [])) or '?'} ({ev.get('reason', '')})")
+                         f"on {', '.join(ev.get('keys', [])) or 'names, birth date, address'} ({ev.get('reason', '')})")
+            for pair in ev.get("pairs", []):
+                lines.append(f"      {_pair_line(pair)}")
+
+    from identity.resolve import links  # resolve imports this module
+
+    together = links(session, gid)
+    if together:
+        lines += ["", "Why these records are together (the pairs that tie them, scored now)"]
+        for pair in together:
+            lines.append(f"  {_pair_line(pair)}")
 
     lines += ["", "Fields"]
     lineage = g.lineage or {}

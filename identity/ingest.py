@@ -8,8 +8,11 @@ four invariants of DESIGN.md are enforced:
    checkpoint in the same transaction, so a crash either keeps both or neither.
 2. *Re-reads are harmless*: records are deduplicated by ``(system, stream, external_id)`` and
    ``modified_at``; an older version arriving late never overwrites a newer one.
-4. *Echo suppression*: an inbound change whose changed fields all equal what omnisync last wrote to
-   that record (the outbound ledger) is our own echo, not a new fact.
+4. *Echo suppression*: an inbound version that differs from the version we last read only in
+   values omnisync wrote to that record since (the outbound ledger's ``since``: every write planned
+   against that version, composed, including writes whose answer was lost) is our own echo, not a
+   new fact. What a record says of its own is kept apart from what we wrote into it (its *facts*),
+   and only the facts vote in survivorship.
 7. *Bad input is never dropped*: a record that cannot be mapped is dead-lettered with a masked
    reason naming the record and field, and its sealed payload for replay. Counts reconcile:
    ``read = stored + unchanged + echoes + dead_lettered + suppressed``.
@@ -20,6 +23,7 @@ is stored.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,7 +42,7 @@ from identity.store import (
     Tombstone,
     lock_identity_graph,
 )
-from mappings.engine import Mapping, MappingConfigError, MappingError, flatten_profile, mappings_for
+from mappings.engine import Mapping, MappingConfigError, MappingError, dig, flatten_profile, mappings_for
 from omnisync.model import ConsentEvent, CustomerProfile, Interaction
 from omnisync.privacy import keyed_hash, mask_text
 from omnisync.records import Cursor, Page, SourceRecord, as_utc, fingerprint, utcnow
@@ -149,11 +153,128 @@ def _map(mappings: tuple[Mapping, ...], record: SourceRecord) -> dict[str, Any]:
     return out
 
 
-def _echo(profile: dict[str, Any], ledger: OutboundLedger | None) -> bool:
-    """Our own write coming back: the record now shows exactly what the planner expected after it."""
+# --- echoes and facts ----------------------------------------------------------------------------
+#
+# A profile row keeps two views of its vendor record. ``canonical["profile"]`` is what the record
+# shows now (the push planner diffs against it). ``canonical["facts"]`` (only when it differs) is
+# what the record says *of its own*: the profile minus the values omnisync wrote into it, with the
+# time the vendor last said something new (``observed_at``). Survivorship reads the facts
+# (:func:`identity.golden.row_facts`), so our own writes never vote for themselves and the golden
+# record does not depend on when, or in how many pieces, they landed and were read back.
+
+def _units(profile: dict[str, Any] | None) -> dict[str, Any]:
+    """A canonical profile as comparable leaves (``first_name``, ``address.city``, ``consent.email.marketing``...)."""
+    return {k: v for k, v in flatten_profile(profile or {}).items() if v not in (None, "", [], {})}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list):  # emails/phones: a vendor may reorder them
+        return sorted(map(str, a)) == sorted(map(str, b))
+    return a == b
+
+
+def _written_since(row: SourceRow, ledgers: list[OutboundLedger]) -> dict[str, Any]:
+    """Vendor leaves omnisync wrote (or sent, answer unknown) to this record since its stored version
+    was read: every ledger entry planned against that version, composed in the order written."""
+    out: dict[str, Any] = {}
+    for led in sorted(ledgers, key=lambda r: as_utc(r.written_at)):
+        p = led.payload or {}
+        if p.get("since") and p.get("since_fp") == row.fingerprint:
+            out.update(p["since"])
+    return out
+
+
+def _expected(mapping: Mapping | None, r: SourceRecord, base: dict[str, Any], written: dict[str, Any]) -> dict | None:
+    """The canonical profile the record shows once ``written`` (vendor leaves) is applied to ``base``."""
+    from identity.push import deep_merge, unflatten
+
+    if mapping is None:
+        return None
+    try:
+        obj = mapping.inbound(r.model_copy(update={"payload": deep_merge(base, unflatten(written))}))
+    except ValueError:
+        return None
+    return obj.model_dump(mode="json") if obj is not None else None
+
+
+def _theirs(before: dict[str, Any], after: dict[str, Any], expected: dict[str, Any] | None) -> set[str]:
+    """Leaves that changed from ``before`` to ``after`` and are not what we wrote (``expected``)."""
+    old, new = _units(before), _units(after)
+    exp = _units(expected) if expected is not None else None
+    changed = {k for k in old.keys() | new.keys() if not _same(old.get(k), new.get(k))}
+    return {k for k in changed if exp is None or not _same(new.get(k), exp.get(k))}
+
+
+def _apply(facts: dict[str, Any], new: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    """``facts`` with the leaves ``keys`` taken from the profile ``new``."""
+    out = copy.deepcopy(facts)
+    for k in sorted(keys):
+        field, _, sub = k.partition(".")
+        if field == "address":
+            addrs = list(out.get("addresses") or [])
+            first = dict(addrs[0]) if addrs else {}
+            first[sub] = ((new.get("addresses") or [{}])[0] or {}).get(sub)
+            addrs[:1] = [first] if any(v not in (None, "") for v in first.values()) else []
+            out["addresses"] = addrs
+        elif field == "consent":
+            out["consent"] = copy.deepcopy(new.get("consent") or [])
+        elif field in ("attributes", "external_ids") and sub:
+            d = dict(out.get(field) or {})
+            v = (new.get(field) or {}).get(sub)
+            if v is None:
+                d.pop(sub, None)
+            else:
+                d[sub] = v
+            out[field] = d
+        else:
+            out[k] = copy.deepcopy(new.get(k))
+    return out
+
+
+def _facts(row: SourceRow) -> tuple[dict[str, Any], str]:
+    f = (row.canonical or {}).get("facts")
+    if f:
+        return f["profile"], f["observed_at"]
+    return (row.canonical or {}).get("profile") or {}, as_utc(row.modified_at).isoformat()
+
+
+def _with_facts(mapped: dict[str, Any], facts: dict[str, Any], observed_at: str, modified) -> dict[str, Any]:
+    if facts == mapped["profile"] and observed_at == as_utc(modified).isoformat():
+        return mapped
+    return {**mapped, "facts": {"profile": facts, "observed_at": observed_at}}
+
+
+def _echo_or_facts(m: "_Mapped", ledgers: list[OutboundLedger], mapping: Mapping | None) -> tuple[bool, dict[str, Any]]:
+    """For a changed version of a profile row we hold: is it our echo, and the row's canonical to store.
+
+    Our echo: the record differs from the version we last read only in values we wrote since
+    (all of them: several writes compose; or some of them: a write cut short). Otherwise it is a
+    new fact, and its facts are the last ones plus what *they* changed, observed now.
+    """
     from identity.push import canonical_fingerprint
 
-    return bool(ledger and ledger.inbound_fingerprint) and canonical_fingerprint(profile) == ledger.inbound_fingerprint
+    row, new = m.row, m.mapped["profile"]
+    facts, observed = _facts(row)
+    written = _written_since(row, ledgers)
+    expected = _expected(mapping, m.record, row.payload or {}, written) if written else None
+    theirs = _theirs((row.canonical or {}).get("profile"), new, expected)
+    legacy = [led for led in ledgers if "since" not in (led.payload or {}) and led.inbound_fingerprint]
+    if (written and expected is not None and not theirs) or \
+            any(canonical_fingerprint(new) == led.inbound_fingerprint for led in legacy):
+        return True, _with_facts(m.mapped, facts, observed, m.modified)
+    return False, _with_facts(m.mapped, _apply(facts, new, theirs), as_utc(m.modified).isoformat(), m.modified)
+
+
+def _created_facts(m: "_Mapped", creation: OutboundLedger | None, mapping: Mapping | None) -> dict[str, Any]:
+    """The canonical to store for a record read for the first time: a record we created holds, of
+    its own, only what differs from what we sent (what the vendor added, what someone changed)."""
+    if creation is None:
+        return m.mapped
+    new = m.mapped["profile"]
+    expected = _expected(mapping, m.record, {}, (creation.payload or {}).get("since") or {})
+    # What we sent cannot be told apart from the record (it does not map back): it is all ours.
+    theirs = _theirs({}, new, expected) if expected is not None else set()
+    return _with_facts(m.mapped, _apply({}, new, theirs), as_utc(m.modified).isoformat(), m.modified)
 
 
 def _flat(profile: dict[str, Any] | None) -> dict[str, Any]:
@@ -177,17 +298,56 @@ def _existing(session: Session, system: str, stream: str, ids: list[str]) -> dic
     return found
 
 
-def _ledger(session: Session, system: str, stream: str, ids: list[str]) -> dict[str, OutboundLedger]:
-    found: dict[str, OutboundLedger] = {}
+def _ledger(session: Session, system: str, stream: str, ids: list[str]) -> dict[str, list[OutboundLedger]]:
+    """Ledger entries per record; several keys may point at one record (its creation, golden merges)."""
+    found: dict[str, list[OutboundLedger]] = {}
     for i in range(0, len(ids), CHUNK):
         part = ids[i:i + CHUNK]
         rows = session.exec(select(OutboundLedger).where(OutboundLedger.target_system == system,
                                                          OutboundLedger.target_stream == stream,
                                                          OutboundLedger.external_id.in_(part)))
-        for r in rows:  # several ledger keys may point at one record (merges): the latest write counts
-            if r.external_id not in found or r.written_at > found[r.external_id].written_at:
-                found[r.external_id] = r
+        for r in rows:
+            found.setdefault(r.external_id, []).append(r)
     return found
+
+
+def _link_path(mapping: Mapping | None) -> str | None:
+    """Where a record carries the golden id omnisync wrote into it (its ``golden_id`` out field)."""
+    for fm in mapping.outbound_fields() if mapping is not None else ():
+        if fm.target == "golden_id":
+            return fm.sources[0]
+    return None
+
+
+def _creations(session: Session, system: str, stream: str, todo: list["_Mapped"], ledgers: dict[str, list],
+               mapping: Mapping | None) -> dict[str, OutboundLedger]:
+    """For records read for the first time: the ledger entry of the creation that made each, if we did.
+
+    Found by the record's id once the create was confirmed, else by the golden id the record
+    carries (the create's answer was lost: a quota spent mid-batch, a crash).
+    """
+    out: dict[str, OutboundLedger] = {}
+    by_key: dict[str, str] = {}
+    link = _link_path(mapping)
+    for m in todo:
+        if m.row is not None or "profile" not in m.mapped:
+            continue
+        ext = m.record.external_id
+        made = [led for led in ledgers.get(ext, []) if led.key.endswith("|new")]
+        if made:
+            out[ext] = made[0]
+        elif link:
+            gid = dig(m.record.payload, link)
+            if isinstance(gid, str) and gid:
+                by_key[f"{gid}|new"] = ext
+    keys = sorted(by_key)
+    for i in range(0, len(keys), CHUNK):
+        for led in session.exec(select(OutboundLedger).where(OutboundLedger.target_system == system,
+                                                             OutboundLedger.target_stream == stream,
+                                                             OutboundLedger.key.in_(keys[i:i + CHUNK]))):
+            if (led.payload or {}).get("since"):
+                out[by_key[led.key]] = led
+    return out
 
 
 @dataclass
@@ -275,8 +435,10 @@ def ingest_records(session: Session, records: list[SourceRecord], *, run_id: str
             ids = sorted(r.external_id for r in recs)
             existing = _existing(session, system, stream, ids)
             ledger = _ledger(session, system, stream, ids)
+            profile_mapping = next((m for m in mappings if m.kind == "profile"), None)
             todo = [m for r in recs
                     if (m := _check_and_map(session, r, mappings, existing.get(r.external_id), counts, run_id))]
+            created = _creations(session, system, stream, todo, ledger, profile_mapping)
             blocked = _tombstoned(session, (h for m in todo for h in m.hashes))
             live = []
             for m in todo:
@@ -289,7 +451,8 @@ def ingest_records(session: Session, records: list[SourceRecord], *, run_id: str
                         if "interaction" in m.mapped and m.record.external_id not in ledger],
                        [_key(m.mapped["consent"]) for m in live if "consent" in m.mapped])
             for m in live:
-                _store_one(session, m, ledger.get(m.record.external_id), counts, known)
+                ext = m.record.external_id
+                _store_one(session, m, ledger.get(ext, []), counts, known, profile_mapping, created.get(ext))
     session.flush()
     return counts
 
@@ -331,10 +494,11 @@ def _check_and_map(session: Session, r: SourceRecord, mappings: tuple[Mapping, .
     return _Mapped(r, row, fp, modified, mapped, hashes)
 
 
-def _store_one(session: Session, m: _Mapped, ledger: OutboundLedger | None, counts: Counts, known: _Known) -> None:
+def _store_one(session: Session, m: _Mapped, ledgers: list[OutboundLedger], counts: Counts, known: _Known,
+               mapping: Mapping | None = None, creation: OutboundLedger | None = None) -> None:
     """Second pass over one record (not erased): echo, unmapped-only change, or a new fact."""
     r, row, fp, modified, mapped = m.record, m.row, m.fp, m.modified, m.mapped
-    if "interaction" in mapped and ledger is not None:
+    if "interaction" in mapped and ledgers:
         # An activity omnisync itself wrote (the copy of another system's interaction) read back:
         # the original is on the timeline already, so the copy is our echo, not a new fact.
         if row is None:
@@ -357,12 +521,16 @@ def _store_one(session: Session, m: _Mapped, ledger: OutboundLedger | None, coun
             session.add(row)
             counts.bump(r.system, r.stream, "unchanged")  # a change to fields omnisync does not map
             return
-        if _echo(mapped["profile"], ledger) and not row.deleted:
-            row.payload, row.fingerprint, row.modified_at, row.canonical = r.payload, fp, modified, mapped
-            row.echo = True
-            session.add(row)
-            counts.bump(r.system, r.stream, "echoes")
-            return
+        if not row.deleted:
+            echo, mapped = _echo_or_facts(m, ledgers, mapping)
+            if echo:
+                row.payload, row.fingerprint, row.modified_at, row.canonical = r.payload, fp, modified, mapped
+                row.echo = True
+                session.add(row)
+                counts.bump(r.system, r.stream, "echoes")
+                return
+    elif row is None and kind == "profile":
+        mapped = _created_facts(m, creation, mapping)
 
     if row is None:
         row = SourceRow(system=r.system, stream=r.stream, external_id=r.external_id, modified_at=modified,

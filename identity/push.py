@@ -8,8 +8,14 @@ ledger. The rules it applies:
 * Only fields whose mapping ``direction`` is ``out`` or ``both`` are written, and only the leaves
   that differ both from what the target currently holds and from what we last wrote (the ledger),
   so a re-run writes nothing (invariant 3) and a push never rewrites what did not change.
-* Echo suppression (invariant 4): the ledger keeps the fingerprint of the canonical record the
-  target will show after our write; ingest recognizes that exact record coming back as our echo.
+* Echo suppression (invariant 4): per target record the ledger keeps what we wrote *since* the
+  version of it we last read (``since``, keyed by that version's fingerprint ``since_fp``), composed
+  over every write planned against that version (one in this run, one in the last run that a quota
+  stopped before the record was read again...). It is recorded before the write goes out
+  (:func:`record_attempts`), so a write whose answer was lost (quota, crash) is known too. Ingest
+  takes a record coming back as our echo when it differs from the version we last read only in
+  values we wrote since (:mod:`identity.ingest`); ``inbound_fingerprint`` is the canonical
+  fingerprint of that version plus all of ``since``.
 * A record re-written run after run (two systems fighting over a field) raises a loop alarm
   after ``loop_threshold`` runs: it is dead-lettered and the run flagged, never ping-ponged.
 * A circuit breaker refuses a push that would overwrite more than ``breaker_share`` of a system's
@@ -317,6 +323,9 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
                 made = ledger.get(ledger_key(g.golden_id, None))
                 led = made if made is not None and made.external_id == row.external_id else None
             wrote = (led.payload or {}).get("vendor", {}) if led else {}
+            # Writes planned against this same version and not read back yet compose with this one.
+            since = dict((led.payload or {}).get("since") or {}) \
+                if led is not None and (led.payload or {}).get("since_fp") == row.fingerprint else {}
             # Until the target has been read again since our write, its stored state is stale:
             # what we wrote is not repeated. Once re-read, a value still differing was changed back.
             not_back_yet = led is not None and (led.payload or {}).get("row_fp") == row.fingerprint
@@ -354,7 +363,7 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
                     continue
             rec = OutboundRecord(key=key, payload=unflatten(change), external_id=row.external_id,
                                  match=_match(mapping, flat, pol))
-            _add(sp, rec, change, mapping, row, overwrite=overwrite, seen=current)
+            _add(sp, rec, change, mapping, row, overwrite=overwrite, seen=current, since={**since, **change})
 
 
 MERGE_STREAM = "_merges"  # ledger pseudo-stream: CRM merges already done (survivor, merged)
@@ -420,15 +429,19 @@ def ledger_key(golden_id: str, external_id: str | None) -> str:
 
 
 def _add(sp: StreamPlan, rec: OutboundRecord, change: dict[str, Any], mapping: Mapping, row: SourceRow | None,
-         *, creates: bool = False, overwrite: bool = False, seen: dict[str, Any] | None = None) -> None:
+         *, creates: bool = False, overwrite: bool = False, seen: dict[str, Any] | None = None,
+         since: dict[str, Any] | None = None) -> None:
     sp.records.append(rec)
     for path in change:
         sp.fields[path] += 1
     sp.creates += creates
     sp.overwrites += overwrite
+    since = dict(since if since is not None else change)
     # "seen"/"row_fp": the target's state before this write (see not_back_yet above).
+    # "since"/"since_fp": everything written since that state was read, this write included.
     sp.ledger[rec.key] = {"vendor": change, "seen": dict(seen or {}), "row_fp": row.fingerprint if row else None,
-                          "expected": expected_fingerprint(mapping, row, rec.payload)}
+                          "since": since, "since_fp": row.fingerprint if row else None,
+                          "expected": expected_fingerprint(mapping, row, unflatten(since))}
 
 
 def _plan_consent(session: Session, plan: PushPlan, system: str, pol: dict[str, Any],
@@ -521,16 +534,43 @@ def check_breaker(plan: PushPlan, *, force: bool = False) -> None:
 
 # --- outcomes ------------------------------------------------------------------------------------
 
-def record_outcomes(session: Session, sp: StreamPlan, outcomes: list[WriteOutcome]) -> dict[str, int]:
-    """Update the ledger with what the target accepted; return counts by status."""
-    counts: dict[str, int] = defaultdict(int)
-    keys = [o.key for o in outcomes]
+def _ledger_rows(session: Session, sp: StreamPlan, keys: list[str]) -> dict[str, OutboundLedger]:
     existing = {}
     for i in range(0, len(keys), 500):
         for row in session.exec(select(OutboundLedger).where(OutboundLedger.target_system == sp.system,
                                                              OutboundLedger.target_stream == sp.stream,
                                                              OutboundLedger.key.in_(keys[i:i + 500]))):
             existing[row.key] = row
+    return existing
+
+
+def record_attempts(session: Session, sp: StreamPlan, records: list[OutboundRecord]) -> int:
+    """Before a chunk of profile writes goes out: note in the ledger what each may change.
+
+    Write-ahead for echo suppression: if the answer is lost (a quota spent mid-batch, a crash, a
+    timeout after the vendor applied the write), the record still comes back showing our values,
+    and ingest must know them to see an echo rather than a new fact. Only ``since`` is touched:
+    what the target confirmed (``vendor``, the fingerprint the planner and the loop alarm use)
+    changes only in :func:`record_outcomes`. Returns the number of records noted.
+    """
+    todo = [r for r in records if "since" in sp.ledger.get(r.key, {})]
+    if not todo:
+        return 0
+    existing = _ledger_rows(session, sp, [r.key for r in todo])
+    for rec in todo:
+        info = sp.ledger[rec.key]
+        row = existing.get(rec.key) or OutboundLedger(target_system=sp.system, target_stream=sp.stream, key=rec.key,
+                                                      fingerprint="", external_id=rec.external_id)
+        row.payload = {**(row.payload or {}), "since": info["since"], "since_fp": info["since_fp"]}
+        row.written_at = utcnow()
+        session.add(row)
+    return len(todo)
+
+
+def record_outcomes(session: Session, sp: StreamPlan, outcomes: list[WriteOutcome]) -> dict[str, int]:
+    """Update the ledger with what the target accepted; return counts by status."""
+    counts: dict[str, int] = defaultdict(int)
+    existing = _ledger_rows(session, sp, [o.key for o in outcomes])
     for o in outcomes:
         counts[o.status.value] += 1
         if not o.ok:
@@ -541,7 +581,8 @@ def record_outcomes(session: Session, sp: StreamPlan, outcomes: list[WriteOutcom
         vendor = {**((row.payload or {}).get("vendor", {})), **info.get("vendor", {})}
         bounced = bool(row.payload) and any(p in (row.payload or {}).get("vendor", {}) for p in info.get("vendor", {}))
         row.payload = {"vendor": vendor, "seen": info.get("seen", {}), "row_fp": info.get("row_fp"),
-                       "expected": info.get("expected")}
+                       "expected": info.get("expected"), "since": info.get("since", {}),
+                       "since_fp": info.get("since_fp")}
         row.fingerprint = fingerprint(vendor)
         row.inbound_fingerprint = info.get("expected")
         row.external_id = o.external_id or row.external_id
