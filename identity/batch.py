@@ -12,7 +12,10 @@
 4. **Cluster**: matched pairs, strongest first, into a union-find that refuses a union when the
    two clusters conflict: two birth dates that cannot be one person's, or two first names that
    conflict (a family's shared phone may tie a mother's records together and her son's, never
-   the two clusters to each other).
+   the two clusters to each other). Pairs of equal weight are taken in the order of their
+   records' ids, never of their positions: the clusters depend only on the records, so the
+   store's real-time path, which clusters a neighbourhood at a time (:mod:`identity.resolve`),
+   and a batch over the whole population give the same answer.
 
 :class:`MemoryIndex` holds the blocks of a resolved population and answers "who is this?" for one
 incoming entity: its candidates from the blocks, each scored by the same scorer.
@@ -37,7 +40,7 @@ from identity.matching import (
     value_keys,
 )
 
-__all__ = ["MemoryIndex", "Resolution", "block", "candidate_pairs", "no_gc", "resolve"]
+__all__ = ["MemoryIndex", "Resolution", "block", "candidate_pairs", "cluster", "no_gc", "resolve"]
 
 
 @dataclass
@@ -52,6 +55,10 @@ class Resolution:
     # (i, j, weight) of every matched pair, when asked for (keep_pairs=True)
     matched: list[tuple[int, int, float]] | None = None
     decisions: dict[tuple[int, int], bool] | None = None
+    # (weight, i << 32 | j) of the pairs that joined two clusters, and the population's key
+    # statistics they were weighed with, when asked for (keep_unions=True: evidence for a store)
+    unions: list[tuple[float, int]] | None = None
+    stats: KeyStats | None = None
 
     def cluster_ids(self, entities: Sequence[Entity]) -> list[str]:
         """A cluster id per entity: the id of the cluster's first member (stable for a given input)."""
@@ -146,13 +153,14 @@ def no_gc() -> Iterator[None]:
 
 
 def resolve(entities: Sequence[Entity], scorer: Scorer | None = None, *, keep_pairs: bool = False,
-            keep_decisions: bool = False) -> Resolution:
+            keep_decisions: bool = False, keep_unions: bool = False) -> Resolution:
     """Cluster ``entities``: block, pair, score with ``scorer``, union-find with conflict checks."""
     with no_gc():
-        return _resolve(entities, scorer or default_scorer(), keep_pairs, keep_decisions)
+        return _resolve(entities, scorer or default_scorer(), keep_pairs, keep_decisions, keep_unions)
 
 
-def _resolve(entities: Sequence[Entity], scorer: Scorer, keep_pairs: bool, keep_decisions: bool) -> Resolution:
+def _resolve(entities: Sequence[Entity], scorer: Scorer, keep_pairs: bool, keep_decisions: bool,
+             keep_unions: bool = False) -> Resolution:
     t0 = time.perf_counter()
     blocks, stats = block(entities, scorer)
     t1 = time.perf_counter()
@@ -172,19 +180,42 @@ def _resolve(entities: Sequence[Entity], scorer: Scorer, keep_pairs: bool, keep_
         if decisions is not None:
             decisions[(code >> 32, code & mask)] = ok
     t3 = time.perf_counter()
-    matched.sort(reverse=True)
-    labels, refused = _cluster(entities, matched, scorer)
+    matched = canonical_order(entities, matched)
+    unions: list[tuple[float, int]] | None = [] if keep_unions else None
+    labels, refused = _cluster(entities, matched, scorer, unions)
     t4 = time.perf_counter()
     return Resolution(
         labels=labels, pairs_scored=len(pairs), pairs_matched=len(matched), unions_refused=refused,
         seconds={"block": t1 - t0, "pair": t2 - t1, "score": t3 - t2, "cluster": t4 - t3},
         matched=[(c >> 32, c & mask, w) for w, c in matched] if keep_pairs else None,
-        decisions=decisions,
+        decisions=decisions, unions=unions, stats=stats if keep_unions else None,
     )
 
 
+def canonical_order(entities: Sequence[Entity], matched: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    """Matched ``(weight, i << 32 | j)`` pairs, strongest first; equal weights in the order of the
+    records' ids (the lower id of each pair, then the higher), whatever the entities' positions."""
+    mask = (1 << 32) - 1
+    involved = {c >> 32 for _, c in matched} | {c & mask for _, c in matched}
+    ranked = sorted(involved, key=lambda i: entities[i].id)
+    rank = {i: r for r, i in enumerate(ranked)}
+    keyed = []
+    for w, c in matched:
+        a, b = rank[c >> 32], rank[c & mask]
+        keyed.append((-w, a << 32 | b if a < b else b << 32 | a, c))
+    keyed.sort()
+    return [(-nw, c) for nw, _, c in keyed]
+
+
+def cluster(entities: Sequence[Entity], matched: list[tuple[float, int]], scorer: Scorer,
+            unions: list[tuple[float, int]] | None = None) -> tuple[list[int], int]:
+    """Cluster labels (smallest member index) for matched ``(weight, i << 32 | j)`` pairs in any
+    order, with the batch's rules; ``unions`` collects the pairs that joined two clusters."""
+    return _cluster(entities, canonical_order(entities, matched), scorer, unions)
+
+
 def _cluster(entities: Sequence[Entity], matched: list[tuple[float, int]],
-             scorer: Scorer) -> tuple[list[int], int]:
+             scorer: Scorer, unions: list[tuple[float, int]] | None = None) -> tuple[list[int], int]:
     n = len(entities)
     parent = list(range(n))
     # Per root of a multi-member cluster: its birth dates and first names (small sets).
@@ -209,7 +240,7 @@ def _cluster(entities: Sequence[Entity], matched: list[tuple[float, int]],
             return ({e.dob} if e.dob else set()), ({e.first} if e.first else set())
         return dobs[r], firsts[r]
 
-    for _, code in matched:
+    for w, code in matched:
         i, j = code >> 32, code & mask
         ri, rj = find(i), find(j)
         if ri == rj:
@@ -221,6 +252,8 @@ def _cluster(entities: Sequence[Entity], matched: list[tuple[float, int]],
             if conflict(di, fi, dj, fj):
                 refused += 1
                 continue
+        if unions is not None:
+            unions.append((w, code))
         if size[ri] < size[rj]:
             ri, rj = rj, ri
         parent[rj] = ri

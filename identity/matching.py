@@ -70,6 +70,8 @@ __all__ = [
     "blocking_keys",
     "entity_from_profile",
     "entity_from_row",
+    "entity_key",
+    "index_keys",
     "load_config",
     "score",
 ]
@@ -261,31 +263,56 @@ def _phones(values: Iterable[str], rules: Rules, region: str, record: str,
     return tuple(out)
 
 
+def _get(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+def _dob_of(value: Any) -> int:
+    if not value:
+        return 0
+    if isinstance(value, str):
+        return parse_birth_date(value) or 0
+    return value.year * 10000 + value.month * 100 + value.day
+
+
+def _ident(rules: Rules, kind: str, value: Any) -> str | None:
+    # The identity_key index keeps key_value(...)[:255]: ids here take the same form, so a key
+    # counted in the store and a key compared here are one string.
+    v = rules.key_value(kind, value)
+    return _id_key(kind, v[:255]) if v else None
+
+
 def entity_from_profile(profile: Any, record_id: str, *, system: str | None = None,
-                        rules: Rules | None = None) -> Entity:
-    """An :class:`Entity` from a canonical ``CustomerProfile`` (already validated and normalized)."""
+                        rules: Rules | None = None, entity_id: str | None = None) -> Entity:
+    """An :class:`Entity` from a canonical profile: a ``CustomerProfile`` or its JSON dump (what the
+    store keeps), already validated and normalized. ``record_id`` is the record's id in ``system``
+    (its ``ext:<system>`` key); ``entity_id`` names the entity (default: ``record_id``)."""
     rules = rules or load_rules()
-    first, last = profile.first_name or "", profile.last_name or ""
-    if not (first or last) and profile.full_name:
-        first, last = _split_full(profile.full_name)
+    first, last = _get(profile, "first_name") or "", _get(profile, "last_name") or ""
+    full = _get(profile, "full_name")
+    if not (first or last) and full:
+        first, last = _split_full(full)
     ids = []
     if system:
-        ids.append(_id_key(f"ext:{system}", record_id))
-    ids += [_id_key(f"ext:{s}", v) for s, v in sorted(profile.external_ids.items()) if v]
-    if profile.cdp_user_id:
-        ids.append(_id_key("cdp", profile.cdp_user_id))
-    addr = profile.addresses[0] if profile.addresses else None
+        ids.append(_ident(rules, f"ext:{system}", record_id))
+    ids += [_ident(rules, f"ext:{s}", v) for s, v in sorted((_get(profile, "external_ids") or {}).items()) if v]
+    cdp = _get(profile, "cdp_user_id")
+    if cdp:
+        ids.append(_ident(rules, "cdp", cdp))
+    addrs = _get(profile, "addresses") or []
+    addr = addrs[0] if addrs else None
+    line1, city, state, postcode = ((_get(addr, "line1"), _get(addr, "city"), _get(addr, "state"),
+                                     _get(addr, "postcode")) if addr else (None, None, None, None))
     return Entity(
-        record_id, fold_name(first), fold_name(last),
-        (profile.birth_date.year * 10000 + profile.birth_date.month * 100 + profile.birth_date.day)
-        if profile.birth_date else 0,
-        _emails(profile.emails, rules, record_id, None),
-        _phones(profile.phones, rules, get_settings().default_region, record_id, None),
-        tuple(dict.fromkeys(ids)),
-        normalize_street(addr.line1) if addr and addr.line1 else "",
-        normalize_postcode(addr.postcode) if addr and addr.postcode else "",
-        normalize_place(addr.city) if addr and addr.city else "",
-        normalize_place(addr.state) if addr and addr.state else "",
+        record_id if entity_id is None else entity_id, fold_name(first), fold_name(last),
+        _dob_of(_get(profile, "birth_date")),
+        _emails(_get(profile, "emails") or (), rules, record_id, None),
+        _phones(_get(profile, "phones") or (), rules, get_settings().default_region, record_id, None),
+        tuple(dict.fromkeys(i for i in ids if i)),
+        normalize_street(line1) if line1 else "",
+        normalize_postcode(postcode) if postcode else "",
+        normalize_place(city) if city else "",
+        normalize_place(state) if state else "",
     )
 
 
@@ -416,6 +443,31 @@ def blocking_keys(e: Entity) -> list[str]:
     return [*e.ids, *e.emails, *e.phones, *attribute_keys(e)]
 
 
+def index_keys(e: Entity) -> list[tuple[str, str]]:
+    """What the store's ``identity_key`` index holds for an entity, as (kind, value): its identifiers
+    (``email``, ``phone``, ``ext:<system>``, ``cdp``), its attribute blocking keys (kind ``blk``) and
+    its term-frequency values (kind ``tf``). :func:`entity_key` turns a row back into the key string
+    batch blocking uses, so the store and a batch count the same keys."""
+    out = [_split_id(i) for i in e.ids]
+    out += [("email", x) for x in e.emails]
+    out += [("phone", x) for x in e.phones]
+    out += [("blk", k) for k in attribute_keys(e)]
+    out += [("tf", k) for k in value_keys(e)]
+    return out
+
+
+def _split_id(key: str) -> tuple[str, str]:
+    kind, _, value = key.partition("=")
+    return kind, value
+
+
+def entity_key(kind: str, value: str) -> str:
+    """The blocking/statistics key string of an ``identity_key`` row (inverse of :func:`index_keys`)."""
+    if kind.startswith("ext:") or kind == "cdp":
+        return f"{kind}={value}"
+    return value
+
+
 def key_kind(key: str) -> str | None:
     """The identifier kind of a blocking key (``email``, ``phone``, ``ext:<system>``, ``cdp``), else None."""
     if "|" in key:
@@ -508,6 +560,11 @@ class Scorer:
         self._m_first_exact = float(c["first_name"]["exact"]["m"])
         self._m_last_exact = float(c["last_name"]["exact"]["m"])
         self._m_postcode = float(c["address"]["postcode"]["m"])
+        # An initial ("O.") agrees with any surname of that letter: no evidence either way, unless
+        # the weights file gives last names a nickname level of their own.
+        self._last_initial = "nickname" if "nickname" in self._wl else "similar"
+        # P(two records drawn at random are one person): turns a weight into a match probability.
+        self.prior = float(cfg.get("probability_two_random_records_match") or 0.0)
 
     @staticmethod
     def _tf(stats: KeyStats, key: str, m: float, default: float) -> float:
@@ -596,6 +653,8 @@ class Scorer:
                 veto = "first names conflict"
         if a.last and b.last:
             lvl = self._name_level(a.last, b.last)
+            if lvl == "nickname":
+                lvl = self._last_initial
             if lvl == "exact" and tf:
                 weight += self._tf(stats, "l|" + a.last, self._m_last_exact, self._wl["exact"])
             else:
@@ -652,6 +711,15 @@ class Scorer:
                 ev["veto"] = veto
             ev["guarded_identifier"] = guarded
         return match, weight, ev
+
+    def probability(self, weight: float) -> float | None:
+        """The match probability of a pair with this weight, from the prior (None without one)."""
+        if not 0.0 < self.prior < 1.0:
+            return None
+        x = weight + math.log2(self.prior / (1.0 - self.prior))
+        if x > 60:
+            return 1.0
+        return 1.0 / (1.0 + 2.0 ** -x)
 
     def score(self, a: Entity, b: Entity, stats: KeyStats | None = None) -> Decision:
         """The decision for one pair, with the evidence for each comparison (masked: levels only)."""

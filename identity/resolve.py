@@ -1,44 +1,71 @@
-"""Real-time identity resolution: each new or changed source record joins, founds or merges golden records.
+"""Identity resolution in the store: each new or changed record joins, founds, merges or splits golden
+records -- with the scorer, blocking and clustering of a batch over the whole store.
 
-The resolver is called by :func:`identity.ingest.resolve_pending` with batches of source rows that
-ingest marked pending. For a profile it works in four steps:
+:func:`resolve_profiles` is called by :func:`identity.ingest.resolve_pending` with a batch of pending
+profile rows (:func:`detach_sources` with deleted ones), under :func:`~identity.store.lock_identity_graph`.
+A call is a batch resolution of the *neighbourhood* the batch touches, in five steps:
 
-1. **Keys.** Every identifier the record carries becomes a key in the ``identity_key`` index:
-   ``ext:<system>`` (its own vendor id, and any other system's id it carries), ``cdp`` (a CDP user
-   id), ``email`` (lower-cased; Gmail dots and +tags folded) and ``phone`` (E.164).
-2. **Evidence.** A key is evidence that two records are one person unless the rules
-   (:mod:`identity.rules`) say otherwise: protected values (``test@test.com``, ``0000000000``, a
-   switchboard) never count, a key carried by more records than its kind's limit stops counting,
-   and *guarded* kinds (email, phone) count only when the names do not conflict -- a family's
-   shared phone never glues a mother to her son.
-3. **Cluster.** No evidence founds a new golden record. Evidence for one golden record joins it.
-   Evidence for several merges them: the older golden id survives, the other becomes an alias
-   (ids stay resolvable forever) and a :class:`~identity.store.MergeEvent` records the evidence.
-   Two candidates whose names conflict are not merged; the record joins the best-evidenced one.
-   A record whose identifiers no longer tie it to its golden record moves (an *unmerge* event).
-4. **Survivorship.** Every touched golden record is recomputed from all its sources
-   (:func:`identity.golden.refresh`), which appends the change-feed events.
+1. **Index.** Every record's keys are rows of ``identity_key``, all derived by
+   :func:`identity.matching.index_keys` from the :class:`~identity.matching.Entity` batch matching
+   builds: identifiers (``ext:<system>``, ``cdp``, ``email``, ``phone``; protected values too, which
+   stay searchable and are never evidence), attribute blocking keys (kind ``blk``: Soundex of a name
+   and the birth date, first name and postcode...) and name/postcode values (kind ``tf``).
+   ``match_term`` keeps the population counts a score needs -- records per name and postcode
+   (keyed hashes), records in all -- so a record is scored without counting anything.
+2. **Neighbourhood.** The batch's records; every record holding a key they carry or carried (a
+   key crossing its limit, or whose holders' names now conflict, changes other pairs' evidence);
+   every golden record one of those belongs to; and, until nothing new comes in, every golden record
+   holding a record that matches a member. Closed under matching, it clusters alone exactly as it
+   would inside the whole store.
+3. **Decide.** Pairs sharing a usable key (an identifier under its kind's ``max_records_per_key``, a
+   block under ``max_block_size``) are weighed by :class:`identity.matching.Scorer` with the store's
+   key counts, mixed keys and term frequencies, and clustered by :func:`identity.batch.cluster`:
+   strongest first, equal weights in record-id order, no union of two clusters whose birth dates or
+   first names conflict. Protected values, per-key limits and name vetoes are the scorer's.
+4. **Apply, ids stable.** Oldest first, each golden id goes to the cluster holding most of its
+   unchanged records. If that cluster already took an older id, the golden record is merged into it
+   (status ``merged``, an alias, a :class:`~identity.store.MergeEvent` with masked evidence: shared
+   identifiers, match weight and probability, and the comparison levels of the deciding pairs).
+   A cluster that kept no id is a new golden record; records leaving one are an unmerge event.
+5. **Survivorship.** Golden records whose records changed are recomputed (:func:`identity.golden.refresh`).
 
-Interactions and consent events follow their customer: they are linked by the customer's id in
-their own system, then email, then phone, and only when exactly one golden record holds the key.
-Anything that cannot be linked yet is retried by :func:`relink_orphans` after later profiles land.
+:func:`reresolve` clusters the whole store with :func:`identity.batch.resolve` and applies the result
+with the same step 4, so the two paths give one partition (tests/test_identity_paths.py checks it
+on generated data loaded in shuffled batches). :func:`decide` answers "who is this?" for one record
+without writing. One approximation remains: term frequencies move as the store grows, and a pair
+keeps the weight of when its neighbourhood was last resolved; ``omnisync reresolve`` re-decides all.
 
-The same rules answer :func:`resolve_one` (a read-only "who is this?" for screen pops), so the
-index lookup an API does and the resolution a sync does can never disagree.
+Interactions and consent events follow their customer: they are linked by the customer's id in their
+own system, then email, then phone, and only when exactly one golden record holds the key. Anything
+that cannot be linked yet is retried by :func:`relink_orphans` after later profiles land.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import delete, func, update
+from sqlalchemy import delete, func, insert, union_all, update
 from sqlmodel import Session, select
 
+from identity.batch import cluster, no_gc
+from identity.batch import resolve as batch_resolve
 from identity.golden import refresh
+from identity.matching import (
+    Entity,
+    KeyStats,
+    Scorer,
+    attribute_keys,
+    default_scorer,
+    entity_from_profile,
+    entity_key,
+    value_keys,
+)
 from identity.rules import Rules, load_rules
 from identity.store import (
     ChangeEvent,
@@ -47,15 +74,23 @@ from identity.store import (
     GoldenRecord,
     IdentityKey,
     InteractionRow,
+    MatchTerm,
     MergeEvent,
     SourceRow,
+    lock_identity_graph,
 )
 from omnisync.model import CustomerProfile
-from omnisync.privacy import mask_email, mask_phone
+from omnisync.privacy import keyed_hash, mask_email, mask_phone
 from omnisync.records import as_utc, utcnow
+from omnisync.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 CHUNK = 500
-KIND_ORDER = {"ext": 0, "cdp": 1, "email": 2, "phone": 3}
+POPULATION = "*"  # match_term key of the number of live, resolved profile records
+INF = 1 << 60
+FETCH_CAP = 10_000  # holders read per key at most (a kind without a limit)
+EVIDENCE_PAIRS = 5  # deciding pairs recorded per merge
 
 
 def new_golden_id() -> str:
@@ -90,89 +125,595 @@ def masked_key(kind: str, value: str) -> str:
     return f"{kind}={value}"
 
 
-@dataclass
-class _Batch:
-    """What one resolution batch knows: the key index slice it needs and merges made so far."""
-
-    session: Session
-    rules: Rules
-    run_id: str | None
-    holders: dict[tuple[str, str], dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
-    parent: dict[str, str] = field(default_factory=dict)
-    names: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
-    created: dict[str, Any] = field(default_factory=dict)
-    touched: set[str] = field(default_factory=set)
-    counts: Counter = field(default_factory=Counter)
-
-    def find(self, gid: str) -> str:
-        while gid in self.parent:
-            gid = self.parent[gid]
-        return gid
-
-    def load_keys(self, keys: Iterable[tuple[str, str]]) -> None:
-        by_kind: dict[str, set[str]] = defaultdict(set)
-        for kind, value in keys:
-            by_kind[kind].add(value)
-        for kind, values in by_kind.items():
-            vals = sorted(values)
-            for i in range(0, len(vals), CHUNK):
-                for k in self.session.exec(select(IdentityKey).where(IdentityKey.kind == kind,
-                                                                     IdentityKey.value.in_(vals[i:i + CHUNK]))):
-                    self.holders[(k.kind, k.value)][k.source_id] = k.golden_id
-
-    def golden_names(self, gid: str) -> tuple[str | None, str | None]:
-        if gid not in self.names:
-            g = self.session.get(GoldenRecord, gid)
-            prof = (g.profile if g else None) or {}
-            self.names[gid] = (prof.get("first_name"), prof.get("last_name"))
-        return self.names[gid]
-
-    def created_at(self, gid: str) -> Any:
-        if gid not in self.created:
-            g = self.session.get(GoldenRecord, gid)
-            self.created[gid] = as_utc(g.created_at) if g else utcnow()  # SQLite hands back naive times
-        return self.created[gid]
+def record_name(system: str, stream: str, external_id: str) -> str:
+    """A source record's name in entities, evidence and explain (vendor ids, no personal data)."""
+    return f"{system}/{stream}/{external_id}"
 
 
-def _name_of(profile: dict[str, Any]) -> tuple[str | None, str | None]:
-    return profile.get("first_name"), profile.get("last_name")
+def store_entity(system: str, stream: str, external_id: str, profile: dict[str, Any],
+                 rules: Rules | None = None) -> Entity:
+    """The entity of a stored profile record, named by :func:`record_name` (its batch id too)."""
+    return entity_from_profile(profile, external_id, system=system, rules=rules,
+                               entity_id=record_name(system, stream, external_id))
 
 
-def _conflict(b: _Batch, a: tuple[str | None, str | None], c: tuple[str | None, str | None]) -> bool:
-    return b.rules.names_conflict(a[0], a[1], c[0], c[1])
+def entity_keys(e: Entity) -> list[tuple[str, str]]:
+    """(key, kind) of every key an entity is looked up and blocked by (not its ``tf`` values)."""
+    out = [(i, i.partition("=")[0]) for i in e.ids]
+    out += [(x, "email") for x in e.emails]
+    out += [(x, "phone") for x in e.phones]
+    out += [(k, "blk") for k in attribute_keys(e)]
+    return out
 
 
-def _evidence(b: _Batch, source_id: int | None, keys: list[tuple[str, str]],
-              name: tuple[str | None, str | None]) -> tuple[dict[str, list[tuple[str, str]]], int]:
-    """Golden records this record's keys point at, with the keys that count; and how many were refused."""
-    found: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    refused = 0
-    for kind, value in keys:
-        if b.rules.match_key(kind, value) is None:
-            continue  # protected: searchable, never evidence
-        holders = {sid: g for sid, g in b.holders.get((kind, value), {}).items() if sid != source_id}
-        if not holders:
-            continue
-        if b.rules.overused(kind, len(holders) + 1):
-            refused += 1
-            continue
-        for gid in {b.find(g) for g in holders.values()}:
-            if not b.rules.is_strong(kind) and _conflict(b, name, b.golden_names(gid)):
-                refused += 1
+def stored_keys(system: str, external_id: str, profile: dict[str, Any], e: Entity,
+                rules: Rules) -> list[tuple[str, str]]:
+    """The ``identity_key`` rows of one record: identifiers (protected ones too), blocks, values."""
+    out = profile_keys(system, external_id, profile, rules)
+    have = set(out)
+    for key, kind in entity_keys(e):  # ids normalized like profile_keys; listed once
+        kv = (kind, _value_of(key, kind))
+        if kv not in have:
+            have.add(kv)
+            out.append(kv)
+    out += [("tf", k) for k in value_keys(e)]
+    return out
+
+
+def _value_of(key: str, kind: str) -> str:
+    return key.partition("=")[2] if kind.startswith("ext:") or kind == "cdp" else key
+
+
+@lru_cache(maxsize=1 << 18)
+def _term_hash(key: str, secret: str) -> str:
+    return keyed_hash(f"match-term:{key}", secret)[:32]
+
+
+def term_hash(key: str) -> str:
+    """The ``match_term`` key of a name or postcode value: a keyed hash, so the counts left behind
+    by an erasure name no one."""
+    return _term_hash(key, get_settings().tombstone_key.get_secret_value())
+
+
+def _chunks(items: list, n: int = CHUNK) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+# --- what one resolution knows of the store -------------------------------------------------------
+
+class _Counts:
+    """``KeyStats.counts`` for the keys a neighbourhood fetched: holders in the store plus the batch."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: "_Neighbourhood"):
+        self.n = n
+
+    def get(self, key: str, default: int = 0) -> int:
+        return self.n.count(key) if key in self.n.kind_of else default
+
+
+class _Mixed:
+    """``KeyStats.mixed``: a usable identifier whose holders' first names conflict (computed once)."""
+
+    __slots__ = ("n", "memo")
+
+    def __init__(self, n: "_Neighbourhood"):
+        self.n, self.memo = n, {}
+
+    def __contains__(self, key: object) -> bool:
+        v = self.memo.get(key)
+        if v is None:
+            v = self.memo[key] = self.n.mixed(key)  # type: ignore[arg-type]
+        return v
+
+
+class _Terms:
+    """``KeyStats.freq``: records per name/postcode value, from ``match_term`` plus the batch."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: "_Neighbourhood"):
+        self.n = n
+
+    def get(self, key: str, default: int = 0) -> int:
+        return self.n.terms.get(key, default)
+
+
+class _Neighbourhood:
+    """The slice of the store one resolution reads: records (as entities), the holders of their keys,
+    golden records' members and population counts -- with the batch's own changes laid over them.
+
+    Batch records are held in memory with their new values; their old keys are gone from
+    ``identity_key`` before anything is read, so ``holders`` are the other records only. A key read
+    with more holders than its kind allows is *over* (never evidence, never a block).
+    """
+
+    def __init__(self, session: Session, rules: Rules | None = None, scorer: Scorer | None = None):
+        self.s = session
+        self.rules = rules or load_rules()
+        self.scorer = scorer or default_scorer()
+        self.secret = get_settings().tombstone_key.get_secret_value()
+        self.ents: dict[int, Entity] = {}
+        self.gid: dict[int, str | None] = {}
+        self.dead: set[int] = set()  # ids read that are not live profile records
+        self.members: dict[str, set[int]] = {}  # golden id -> live profile records (goldens loaded)
+        self.holders: dict[str, set[int]] = {}
+        self.kind_of: dict[str, str] = {}
+        self.over: set[str] = set()
+        self.batch: set[int] = set()
+        self.batch_has: dict[str, set[int]] = defaultdict(set)  # key -> batch records carrying it now
+        self.batch_had: Counter = Counter()  # key -> batch records that carried it before
+        self.terms: dict[str, int] = {}
+        self.term_delta: Counter = Counter()
+        self.pop_delta = 0
+        self.population: int | None = None
+        self.pairs_scored = 0
+        self._keys: dict[int, list[tuple[str, str]]] = {}
+        self.stats = KeyStats(_Counts(self), _Mixed(self), _Terms(self), 0)
+
+    # keys ---------------------------------------------------------------------------------------
+
+    def threshold(self, kind: str) -> int:
+        if kind == "blk":
+            return self.scorer.max_block_size
+        limit = self.rules.max_records_per_key.get(kind.split(":", 1)[0])
+        return INF if limit is None else limit
+
+    def count(self, key: str) -> int:
+        if key in self.over:
+            return INF
+        return len(self.holders.get(key, ())) + len(self.batch_has.get(key, ()))
+
+    def usable(self, key: str) -> bool:
+        return self.count(key) <= self.threshold(self.kind_of[key])
+
+    def holding(self, key: str) -> set[int]:
+        """Every record carrying a usable key (store and batch); empty for a key that is over."""
+        if key in self.over:
+            return set()
+        return self.holders.get(key, set()) | self.batch_has.get(key, set())
+
+    def mixed(self, key: str) -> bool:
+        if key not in self.kind_of or not self.usable(key):
+            return False
+        firsts = {self.ents[x].first for x in self.holding(key) if x in self.ents} - {""}
+        conflict = self.scorer.firsts_conflict
+        return len(firsts) > 1 and any(conflict(a, b) for a in firsts for b in firsts if a < b)
+
+    def fetch(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Read the holders of (key, kind) pairs not read yet: at most one more than the kind allows."""
+        todo: dict[tuple[str, str], str] = {}
+        for key, kind in keys:
+            self.kind_of.setdefault(key, kind)
+            if key not in self.holders and key not in self.over:
+                todo[(kind, _value_of(key, kind))] = key
+        if not todo:
+            return
+        cap = min(FETCH_CAP, max(self.threshold(kind) for kind, _ in todo) + 1)
+        found: dict[str, set[int]] = {k: set() for k in todo.values()}
+        for part in _chunks(sorted(todo)):
+            # One statement per chunk: a (kind = ? AND value IN ...) seek per kind, at most `cap`
+            # holders per key (a switchboard's thousands are never read).
+            by_kind: dict[str, list[str]] = defaultdict(list)
+            for kind, value in part:
+                by_kind[kind].append(value)
+            sel = [select(IdentityKey.kind, IdentityKey.value, IdentityKey.source_id)
+                   .where(IdentityKey.kind == kind, IdentityKey.value.in_(values)) for kind, values in by_kind.items()]
+            u = (sel[0] if len(sel) == 1 else union_all(*sel)).subquery()
+            rn = func.row_number().over(partition_by=(u.c.kind, u.c.value)).label("rn")
+            inner = select(u.c.kind, u.c.value, u.c.source_id, rn).subquery()
+            for kind, value, sid in self.s.exec(select(inner.c.kind, inner.c.value, inner.c.source_id)
+                                                .where(inner.c.rn <= cap)):
+                key = todo.get((kind, value))
+                if key is not None and sid not in self.batch:
+                    found[key].add(sid)
+        for (kind, _), key in todo.items():
+            if len(found[key]) > self.threshold(kind):
+                self.over.add(key)
+            else:
+                self.holders[key] = found[key]
+
+    # records ------------------------------------------------------------------------------------
+
+    def _read(self, where: Any) -> Iterator[tuple[int, str | None]]:
+        cols = (SourceRow.id, SourceRow.system, SourceRow.stream, SourceRow.external_id, SourceRow.golden_id,
+                SourceRow.canonical)
+        for sid, system, stream, ext, gid, canonical in self.s.exec(
+                select(*cols).where(where, SourceRow.kind == "profile", SourceRow.deleted.is_(False))):
+            if sid in self.batch:
                 continue
-            found[gid].append((kind, value))
-    return found, refused
+            prof = (canonical or {}).get("profile")
+            if prof is None:
+                continue
+            if sid not in self.ents:
+                self.ents[sid] = store_entity(system, stream, ext, prof, self.rules)
+                self.gid[sid] = gid
+            yield sid, gid
+
+    def load_ids(self, sids: Iterable[int]) -> None:
+        todo = sorted(s for s in set(sids) if s not in self.ents and s not in self.dead and s not in self.batch)
+        for part in _chunks(todo):
+            seen = {sid for sid, _ in self._read(SourceRow.id.in_(part))}
+            self.dead.update(set(part) - seen)
+
+    def load_goldens(self, gids: Iterable[str]) -> None:
+        todo = sorted(g for g in set(gids) if g and g not in self.members)
+        for g in todo:
+            self.members[g] = set()
+        for part in _chunks(todo):
+            for sid, gid in self._read(SourceRow.golden_id.in_(part)):
+                self.members[gid].add(sid)
+        for sid in self.batch:  # a batch record still belongs to its golden record until it is placed
+            g = self.gid.get(sid)
+            if g in self.members and sid in self.ents:
+                self.members[g].add(sid)
+
+    def load_terms(self, sids: Iterable[int]) -> None:
+        wanted = {k for s in sids if s in self.ents for k in value_keys(self.ents[s])} - self.terms.keys()
+        if self.population is None:
+            wanted.add(POPULATION)
+        if not wanted:
+            return
+        hashed = {(POPULATION if k == POPULATION else _term_hash(k, self.secret)): k for k in wanted}
+        got: dict[str, int] = {}
+        for part in _chunks(sorted(hashed)):
+            for key, n in self.s.exec(select(MatchTerm.key, MatchTerm.n).where(MatchTerm.key.in_(part))):
+                got[hashed[key]] = n
+        for k in wanted:
+            if k == POPULATION:
+                self.population = got.get(k, 0) + self.pop_delta
+                self.stats.population = max(self.population, 0)
+            else:
+                self.terms[k] = got.get(k, 0) + self.term_delta.get(k, 0)
+
+    def keys_of(self, sid: int) -> list[tuple[str, str]]:
+        keys = self._keys.get(sid)
+        if keys is None:
+            keys = self._keys[sid] = entity_keys(self.ents[sid])
+        return keys
+
+    def candidates(self, sids: Iterable[int]) -> set[int]:
+        """Records sharing a usable key with any of ``sids`` (their keys fetched first)."""
+        sids = [s for s in sids if s in self.ents]
+        self.fetch(kv for s in sids for kv in self.keys_of(s))
+        out: set[int] = set()
+        for s in sids:
+            for key, _ in self.keys_of(s):
+                if self.usable(key):
+                    out |= self.holding(key)
+        self.load_ids(out)
+        return {c for c in out if c in self.ents}
+
+    # the batch ----------------------------------------------------------------------------------
+
+    def add_batch(self, sid: int, e: Entity, golden_id: str | None, had_keys: bool) -> None:
+        self.batch.add(sid)
+        self.ents[sid] = e
+        self.gid[sid] = golden_id
+        for key, kind in entity_keys(e):
+            self.kind_of.setdefault(key, kind)
+            self.batch_has[key].add(sid)
+        for t in value_keys(e):
+            self.term_delta[t] += 1
+        if not had_keys:
+            self.pop_delta += 1
+
+    def forget_old_keys(self, rows: dict[int, list[tuple[str, str]]], *, gone: Iterable[int] = ()) -> None:
+        """Count what batch records carried before (their keys are being replaced or dropped)."""
+        for sid, keys in rows.items():
+            for kind, value in keys:
+                if kind == "tf":
+                    self.term_delta[value] -= 1
+                    continue
+                if kind != "blk" and self.rules.match_key(kind, value) is None:
+                    continue  # protected: never evidence, never a block
+                key = entity_key(kind, value)
+                self.kind_of.setdefault(key, kind)
+                self.batch_had[key] += 1
+        for sid in gone:
+            if sid in rows:
+                self.pop_delta -= 1
+
+    # scoring ------------------------------------------------------------------------------------
+
+    def pairs_within(self, order: list[int]) -> list[tuple[float, int]]:
+        """Matched ``(weight, i << 32 | j)`` pairs among ``order`` (positions), sharing a usable key."""
+        pos = {s: i for i, s in enumerate(order)}
+        seen: set[int] = set()
+        matched: list[tuple[float, int]] = []
+        weigh, stats = self.scorer.weigh, self.stats
+        for key in {k for s in order for k, _ in self.keys_of(s)}:
+            if not self.usable(key):
+                continue
+            inside = sorted(pos[x] for x in self.holding(key) if x in pos)
+            for a in range(len(inside) - 1):
+                for b in range(a + 1, len(inside)):
+                    code = inside[a] << 32 | inside[b]
+                    if code in seen:
+                        continue
+                    seen.add(code)
+                    ok, w, _ = weigh(self.ents[order[inside[a]]], self.ents[order[inside[b]]], stats)
+                    if ok:
+                        matched.append((w, code))
+        self.pairs_scored = len(seen)
+        return matched
+
+    def evidence(self, a: int, b: int, stats: KeyStats | None = None) -> dict[str, Any]:
+        """Why two records match, without personal data: levels, weight, probability, masked keys."""
+        ea, eb = self.ents[a], self.ents[b]
+        return pair_evidence(self.scorer, ea, eb, stats or self.stats)
 
 
-def _strength(b: _Batch, keys: list[tuple[str, str]]) -> tuple:
-    strong = any(b.rules.is_strong(k) for k, _ in keys)
-    return (0 if strong else 1, -len(keys))
+def pair_evidence(scorer: Scorer, ea: Entity, eb: Entity, stats: KeyStats | None) -> dict[str, Any]:
+    d = scorer.score(ea, eb, stats)
+    levels = {k: v for k, v in d.evidence.items() if k not in ("guarded_identifier", "veto")}
+    agreed, disagreed = [], []
+    for comp, lvl in levels.items():
+        if comp == "ids":
+            agreed.append(f"ids={','.join(lvl)}")
+        elif lvl == "different":
+            disagreed.append(comp)
+        else:
+            agreed.append(f"{comp}={lvl}")
+    keys = [masked_key(*_split_entity_key(k)) for k in sorted((set(ea.ids) & set(eb.ids)))]
+    keys += [masked_key("email", x) for x in sorted(set(ea.emails) & set(eb.emails))]
+    keys += [masked_key("phone", x) for x in sorted(set(ea.phones) & set(eb.phones))]
+    p = scorer.probability(d.weight)
+    out: dict[str, Any] = {"records": [ea.id, eb.id], "weight": d.weight, "agreed": agreed,
+                           "disagreed": disagreed, "keys": keys}
+    if p is not None:
+        out["probability"] = round(p, 6)
+    if d.evidence.get("veto"):
+        out["veto"] = d.evidence["veto"]
+    return out
 
 
-def _merge(b: _Batch, a: str, c: str, keys: list[tuple[str, str]], record: str) -> str:
-    """Merge golden records ``a`` and ``c``: the older id survives. Returns the survivor."""
-    s = b.session
-    survivor, absorbed = sorted((a, c), key=lambda g: (b.created_at(g), g))
+def _split_entity_key(key: str) -> tuple[str, str]:
+    kind, _, value = key.partition("=")
+    return kind, value
+
+
+# --- real-time resolution of a batch ------------------------------------------------------------
+
+def resolve_profiles(session: Session, pairs: list[tuple[SourceRow, CustomerProfile]], *,
+                     run_id: str | None = None) -> dict[str, int]:
+    """Place each (source row, canonical profile) in a golden record; refresh what changed."""
+    live = []
+    for row, profile in pairs:
+        if row.id is None:
+            session.add(row)
+            session.flush()
+        live.append((row, profile.model_dump(mode="json")))
+    return _resolve(session, live, [], run_id=run_id)
+
+
+def detach_sources(session: Session, rows: list[SourceRow]) -> int:
+    """Deleted or merged-away vendor records stop contributing: their keys leave the index, and the
+    golden records they were in are re-clustered (a deleted record may have been the only link)."""
+    gone = [r for r in rows if r.id is not None]
+    if gone:
+        _resolve(session, [], gone, run_id=None)
+    return len(rows)
+
+
+def _old_keys(session: Session, sids: list[int]) -> dict[int, list[tuple[str, str]]]:
+    out: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for part in _chunks(sorted(sids)):
+        for sid, kind, value in session.exec(select(IdentityKey.source_id, IdentityKey.kind, IdentityKey.value)
+                                             .where(IdentityKey.source_id.in_(part))):
+            out[sid].append((kind, value))
+    return out
+
+
+def _resolve(session: Session, live: list[tuple[SourceRow, dict[str, Any]]], gone: list[SourceRow], *,
+             run_id: str | None) -> dict[str, int]:
+    n = _Neighbourhood(session)
+    rows = {row.id: (row, p) for row, p in live}
+    sids = list(rows) + [r.id for r in gone]
+    old = _old_keys(session, sids)
+    for part in _chunks(sids):  # the records' previous keys are replaced by what they carry now
+        session.exec(delete(IdentityKey).where(IdentityKey.source_id.in_(part)))
+    n.forget_old_keys(old, gone=[r.id for r in gone])
+    n.batch.update(sids)  # gone records are nobody's holders any more
+    for row, p in rows.values():
+        n.add_batch(row.id, store_entity(row.system, row.stream, row.external_id, p, n.rules),
+                    row.golden_id, row.id in old)
+
+    order = _close(n, {r.golden_id for r in gone if r.golden_id})
+    matched = n.pairs_within(order)
+    unions: list[tuple[float, int]] = []
+    labels, refused = cluster([n.ents[s] for s in order], matched, n.scorer, unions)
+    counts = _apply(n, order, labels, unions, run_id=run_id, batch_rows={sid: r for sid, (r, _) in rows.items()},
+                    extra_touched={r.golden_id for r in gone if r.golden_id})
+    for sid, (row, p) in rows.items():
+        _insert_keys(session, [(sid, k, row.golden_id) for k in
+                               stored_keys(row.system, row.external_id, p, n.ents[sid], n.rules)])
+    _bump(session, n)
+    counts.update({"unions_refused": refused, "neighbourhood": len(order), "pairs_scored": n.pairs_scored})
+    session.flush()
+    counts.pop("_ids")
+    touched = counts.pop("_touched")
+    counts.update(refresh(session, touched, run_id=run_id))
+    return {k: v for k, v in counts.items() if v}
+
+
+def _close(n: _Neighbourhood, extra_goldens: set[str]) -> list[int]:
+    """The neighbourhood of the batch, closed under matching (see the module docstring, step 2)."""
+    keys = set(n.batch_has) | set(n.batch_had)
+    n.fetch((k, n.kind_of[k]) for k in keys)
+    seeds: set[int] = set()
+    for k in keys:
+        if k in n.over:
+            continue
+        thr, db = n.threshold(n.kind_of[k]), len(n.holders.get(k, ()))
+        if db + n.batch_had[k] <= thr or db + len(n.batch_has.get(k, ())) <= thr:
+            seeds |= n.holders.get(k, set())
+    n.load_ids(seeds)
+    goldens = {n.gid[s] for s in seeds if s in n.ents} | extra_goldens
+    goldens |= {n.gid[s] for s in n.batch if n.gid.get(s)}
+    region = {s for s in n.batch if s in n.ents}
+    while True:
+        n.load_goldens(goldens)
+        for g in goldens:
+            region |= n.members.get(g, set())
+        outside = n.candidates(region) - region
+        n.load_terms(region | outside)
+        goldens = set()
+        if outside:
+            weigh, stats = n.scorer.weigh, n.stats
+            for key in {k for s in region for k, _ in n.keys_of(s)}:
+                if not n.usable(key):
+                    continue
+                held = n.holding(key)
+                out = [c for c in held if c in outside and n.gid.get(c) not in goldens]
+                if not out:
+                    continue
+                ins = [m for m in held if m in region]
+                for c in out:
+                    if any(weigh(n.ents[m], n.ents[c], stats)[0] for m in ins):
+                        goldens.add(n.gid[c])
+        goldens.discard(None)  # type: ignore[arg-type]
+        if not goldens:
+            return sorted(region)
+
+
+# --- applying a partition: stable ids, merges, unmerges -----------------------------------------
+
+def _apply(n: _Neighbourhood, order: list[int], labels: list[int], unions: list[tuple[float, int]], *,
+           run_id: str | None, batch_rows: dict[int, SourceRow], extra_touched: set[str] = frozenset(),
+           write: bool = True, stats: KeyStats | None = None) -> dict[str, Any]:
+    """Give every cluster of ``order`` a golden id (keeping old ones; see step 4) and write the result."""
+    s = n.s
+    clusters: dict[int, list[int]] = defaultdict(list)
+    for i, sid in enumerate(order):
+        clusters[labels[i]].append(sid)
+    olds = sorted({n.gid[sid] for sid in order if n.gid.get(sid)} | set(extra_touched))
+    info: dict[str, tuple[Any, str]] = {}
+    for part in _chunks(olds):
+        for gid, created, status in s.exec(select(GoldenRecord.golden_id, GoldenRecord.created_at,
+                                                  GoldenRecord.status).where(GoldenRecord.golden_id.in_(part))):
+            info[gid] = (as_utc(created), status)
+    held: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))  # old id -> label -> sids
+    for label, sids in clusters.items():
+        for sid in sids:
+            if n.gid.get(sid):
+                held[n.gid[sid]][label].append(sid)
+    keepable = [g for g in held if g in info and info[g][1] in ("active", "retired")]
+    keepable.sort(key=lambda g: (info[g][0], g))
+    cid: dict[int, str] = {}
+    absorbed: dict[str, str] = {}
+    for g in keepable:
+        # the cluster holding most of its unchanged records, then most of all, then its oldest record
+        best = max(held[g].items(), key=lambda kv: (sum(1 for x in kv[1] if x not in n.batch), len(kv[1]),
+                                                     -min(kv[1])))[0]
+        if best not in cid:
+            cid[best] = g
+        else:
+            absorbed[g] = best
+    new_ids = []
+    for label in sorted(clusters):
+        if label not in cid:
+            cid[label] = new_golden_id()
+            new_ids.append(label)
+    survivors = {g: cid[label] for g, label in absorbed.items()}
+    counts: Counter = Counter(new_golden=len(new_ids), merged=len(absorbed))
+    touched: set[str] = set(extra_touched)
+
+    pos = {sid: i for i, sid in enumerate(order)}
+    origin = {sid: (survivors.get(n.gid[sid], n.gid[sid]) if n.gid.get(sid) else None) for sid in order}
+    if write:
+        for label in new_ids:
+            s.add(GoldenRecord(golden_id=cid[label]))
+        for label in cid:
+            g = cid[label]
+            if g in info and info[g][1] == "retired":  # a record came back: so does its golden id
+                rec = s.get(GoldenRecord, g)
+                rec.status, rec.updated_at = "active", utcnow()
+                s.add(rec)
+        if new_ids:
+            s.flush()
+    for g, label in sorted(absorbed.items(), key=lambda kv: (info[kv[0]][0], kv[0])):
+        survivor = cid[label]
+        ev = _merge_evidence(n, clusters[label], unions, pos, origin_of=lambda x: (
+            n.gid.get(x) or f"new:{x}"), focus=g, stats=stats)
+        if write:
+            _merge(s, survivor, g, ev, run_id)
+        touched.update((survivor, g))
+    moved: dict[tuple[str, str], list[int]] = defaultdict(list)
+    place: dict[str, list[int]] = defaultdict(list)
+    for label, sids in clusters.items():
+        target = cid[label]
+        for sid in sids:
+            was = origin[sid]
+            if was != target:
+                place[target].append(sid)
+                touched.add(target)
+                if was is not None:
+                    touched.add(was)
+                    moved[(was, target)].append(sid)
+                elif sid in batch_rows:
+                    counts["placed_new" if label in new_ids else "joined"] += 1
+            elif sid in batch_rows:
+                touched.add(target)
+    counts["moved"] = sum(len(v) for v in moved.values())
+    if write:
+        for target, sids in place.items():
+            stored = [x for x in sids if x not in batch_rows]
+            for part in _chunks(sorted(stored)):
+                s.exec(update(SourceRow).where(SourceRow.id.in_(part)).values(golden_id=target))
+                s.exec(update(IdentityKey).where(IdentityKey.source_id.in_(part)).values(golden_id=target))
+        for label, sids in clusters.items():
+            for sid in sids:
+                row = batch_rows.get(sid)
+                if row is not None:
+                    row.golden_id = cid[label]
+                    s.add(row)
+        for (was, target), sids in sorted(moved.items()):
+            names = sorted(n.ents[x].id for x in sids)
+            changed = any(x in batch_rows for x in sids)
+            s.add(MergeEvent(kind="unmerge", survivor_id=was, absorbed_id=target, run_id=run_id, evidence={
+                "records": names[:20], "moved": len(names),
+                "reason": "its values no longer match this golden record's other records" if changed else
+                          "re-clustered with its neighbourhood after a record there changed"}))
+            s.add(ChangeEvent(golden_id=was, kind="unmerged", detail={"moved_to": target, "records": len(names)}))
+    for g in list(touched):
+        if g in absorbed:
+            touched.discard(g)
+    counts["_touched"] = touched  # type: ignore[assignment]
+    counts["_ids"] = {sid: cid[labels[i]] for i, sid in enumerate(order)}  # type: ignore[assignment]
+    return counts
+
+
+def _merge_evidence(n: _Neighbourhood, members: list[int], unions: list[tuple[float, int]], pos: dict[int, int],
+                    *, origin_of: Any, focus: str, stats: KeyStats | None) -> dict[str, Any]:
+    """The deciding pairs of a merge: unions inside the cluster between records of different golden
+    records (or new ones), those of the absorbed golden record first, strongest first."""
+    inside = {pos[m] for m in members}
+    order_by_pos = {i: sid for sid, i in pos.items()}
+    mask = (1 << 32) - 1
+    crossing = []
+    for w, code in unions:
+        i, j = code >> 32, code & mask
+        if i in inside and j in inside:
+            a, b = order_by_pos[i], order_by_pos[j]
+            oa, ob = origin_of(a), origin_of(b)
+            if oa != ob:
+                crossing.append((focus not in (oa, ob), -w, a, b))
+    crossing.sort()
+    pairs = [n.evidence(a, b, stats) for _, _, a, b in crossing[:EVIDENCE_PAIRS]]
+    keys = sorted({k for p in pairs for k in p["keys"]})
+    strong = any(a.startswith("ids=") for p in pairs for a in p["agreed"])
+    changed = sorted(n.ents[m].id for m in members if m in n.batch)
+    return {"reason": "a shared vendor or CDP id" if strong else
+            f"match weight at or above {n.scorer.threshold:g} (Fellegi-Sunter: identifiers, names, birth date, address)",
+            "keys": keys, "pairs": pairs, "threshold": n.scorer.threshold,
+            **({"record": changed[0]} if changed else {})}
+
+
+def _merge(s: Session, survivor: str, absorbed: str, evidence: dict[str, Any], run_id: str | None) -> None:
+    """Golden record ``absorbed`` joins ``survivor`` (the older): everything follows, the id becomes an alias."""
     for model in (SourceRow, IdentityKey, InteractionRow, ConsentEventRow):
         s.exec(update(model).where(model.golden_id == absorbed).values(golden_id=survivor))
     s.exec(update(GoldenAlias).where(GoldenAlias.golden_id == absorbed).values(golden_id=survivor))
@@ -181,118 +722,39 @@ def _merge(b: _Batch, a: str, c: str, keys: list[tuple[str, str]], record: str) 
         g.status, g.merged_into, g.updated_at = "merged", survivor, utcnow()
         s.add(g)
     s.add(GoldenAlias(alias_id=absorbed, golden_id=survivor))
-    evidence = {"keys": [masked_key(k, v) for k, v in keys], "record": record,
-                "reason": "shared identifiers (deterministic)"}
-    s.add(MergeEvent(kind="merge", survivor_id=survivor, absorbed_id=absorbed, evidence=evidence, run_id=b.run_id))
+    s.add(MergeEvent(kind="merge", survivor_id=survivor, absorbed_id=absorbed, evidence=evidence, run_id=run_id))
     s.add(ChangeEvent(golden_id=survivor, kind="merged", detail={"absorbed": absorbed}))
     s.add(ChangeEvent(golden_id=absorbed, kind="merged", detail={"into": survivor}))
-    for holders in b.holders.values():
-        for sid, gid in holders.items():
-            if gid == absorbed:
-                holders[sid] = survivor
-    b.parent[absorbed] = survivor
-    b.touched.discard(absorbed)
-    b.touched.add(survivor)
-    b.names.pop(survivor, None)
-    b.counts["merged"] += 1
-    return survivor
 
 
-def _other_members(session: Session, gid: str, source_id: int | None) -> int:
-    return session.exec(select(func.count()).select_from(SourceRow).where(
-        SourceRow.golden_id == gid, SourceRow.id != source_id, SourceRow.kind == "profile",
-        SourceRow.deleted.is_(False))).one()
+def _insert_keys(session: Session, rows: list[tuple[int, tuple[str, str], str]]) -> None:
+    for part in _chunks(rows, 2000):
+        session.exec(insert(IdentityKey), params=[{"kind": kind, "value": value, "source_id": sid, "golden_id": gid}
+                                                  for sid, (kind, value), gid in part])
 
 
-def _place(b: _Batch, row: SourceRow, profile: dict[str, Any], keys: list[tuple[str, str]]) -> str:
-    name = _name_of(profile)
-    found, refused = _evidence(b, row.id, keys, name)
-    b.counts["refused_evidence"] += refused
-    old = b.find(row.golden_id) if row.golden_id else None
-    if old is not None and old not in found:
-        g = b.session.get(GoldenRecord, old)
-        if g is not None and g.status == "active" and _other_members(b.session, old, row.id) == 0:
-            found[old] = []  # its own golden record: ids stay stable when nothing ties it elsewhere
+def _bump(session: Session, n: _Neighbourhood) -> None:
+    """Add the batch's changes to the population counts (one upsert per chunk of values)."""
+    deltas = {_term_hash(k, n.secret): d for k, d in n.term_delta.items() if d}
+    if n.pop_delta:
+        deltas[POPULATION] = n.pop_delta
+    elif session.get(MatchTerm, POPULATION) is None:
+        deltas[POPULATION] = 0  # a fresh store's counts start here
+    _upsert_terms(session, deltas, add=True)
 
-    if not found:
-        gid = new_golden_id()
-        b.session.add(GoldenRecord(golden_id=gid))
-        b.created[gid] = utcnow()
-        b.names[gid] = name
-        b.counts["new_golden"] += 1
-        target = gid
+
+def _upsert_terms(session: Session, deltas: dict[str, int], *, add: bool) -> None:
+    if not deltas:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
     else:
-        ranked = sorted(found.items(), key=lambda kv: _strength(b, kv[1]) + (b.created_at(kv[0]), kv[0]))
-        target = ranked[0][0]
-        record = f"{row.system}/{row.stream}/{row.external_id}"
-        for gid, ks in ranked[1:]:
-            gid, target_now = b.find(gid), b.find(target)
-            if gid == target_now:
-                continue
-            strong = any(b.rules.is_strong(k) for k, _ in ks) and any(
-                b.rules.is_strong(k) for k, _ in found[ranked[0][0]])
-            if strong or not _conflict(b, b.golden_names(target_now), b.golden_names(gid)):
-                target = _merge(b, target_now, gid, ks + found[ranked[0][0]], record)
-            else:
-                b.counts["merge_refused"] += 1
-        target = b.find(target)
-        b.counts["joined"] += 1
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    for part in _chunks(sorted(deltas.items()), 1000):
+        stmt = upsert(MatchTerm).values([{"key": k, "n": d} for k, d in part])
+        new = (MatchTerm.n + stmt.excluded.n) if add else stmt.excluded.n
+        session.exec(stmt.on_conflict_do_update(index_elements=["key"], set_={"n": new}))
 
-    if old is not None and old != target:
-        b.session.add(MergeEvent(kind="unmerge", survivor_id=old, absorbed_id=target, run_id=b.run_id,
-                                 evidence={"record": f"{row.system}/{row.stream}/{row.external_id}",
-                                           "reason": "its identifiers no longer tie it to this golden record"}))
-        b.session.add(ChangeEvent(golden_id=old, kind="unmerged", detail={"moved_to": target}))
-        b.touched.add(old)
-        b.counts["moved"] += 1
-    row.golden_id = target
-    if target not in b.names or b.names[target] == (None, None):
-        b.names[target] = name
-    b.touched.add(target)
-    return target
-
-
-def resolve_profiles(session: Session, pairs: list[tuple[SourceRow, CustomerProfile]], *,
-                     run_id: str | None = None) -> dict[str, int]:
-    """Place each (source row, canonical profile) in a golden record; refresh what changed."""
-    rules = load_rules()
-    b = _Batch(session=session, rules=rules, run_id=run_id)
-    prepared = []
-    for row, profile in pairs:
-        p = profile.model_dump(mode="json")
-        prepared.append((row, p, profile_keys(row.system, row.external_id, p, rules)))
-    b.load_keys(k for _, _, keys in prepared for k in keys)
-    ids = [row.id for row, _, _ in prepared if row.id is not None]
-    for i in range(0, len(ids), CHUNK):  # the rows' previous keys are replaced by what they carry now
-        session.exec(delete(IdentityKey).where(IdentityKey.source_id.in_(ids[i:i + CHUNK])))
-    gone = set(ids)
-    for holders in b.holders.values():
-        for sid in [s for s in holders if s in gone]:
-            del holders[sid]
-
-    for row, p, keys in prepared:
-        if row.id is None:
-            session.add(row)
-            session.flush()
-        target = _place(b, row, p, keys)
-        session.add(row)
-        for kind, value in keys:
-            session.add(IdentityKey(kind=kind, value=value, source_id=row.id, golden_id=target))
-            b.holders[(kind, value)][row.id] = target
-    session.flush()
-    b.counts.update(refresh(session, {b.find(g) for g in b.touched}, run_id=run_id))
-    return dict(b.counts)
-
-
-def detach_sources(session: Session, rows: list[SourceRow]) -> int:
-    """Deleted or merged-away vendor records stop contributing; their golden records are recomputed."""
-    touched = {r.golden_id for r in rows if r.golden_id}
-    ids = [r.id for r in rows if r.id is not None]
-    for i in range(0, len(ids), CHUNK):
-        session.exec(delete(IdentityKey).where(IdentityKey.source_id.in_(ids[i:i + CHUNK])))
-    session.flush()
-    refresh(session, touched)
-    return len(rows)
 
 
 # --- interactions and consent follow their customer ----------------------------------------------
@@ -311,16 +773,24 @@ def _subject_keys(system: str, data: dict[str, Any], rules: Rules) -> list[tuple
 def _link(session: Session, items: list[tuple[Any, str, dict[str, Any]]]) -> dict[int, str]:
     """For (row, system, canonical data) items, the golden id each belongs to (unambiguous keys only)."""
     rules = load_rules()
-    b = _Batch(session=session, rules=rules, run_id=None)
     wanted = [(row, _subject_keys(system, data, rules)) for row, system, data in items]
-    b.load_keys(k for _, keys in wanted for k in keys)
+    holders: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
+    by_kind: dict[str, set[str]] = defaultdict(set)
+    for _, keys in wanted:
+        for kind, value in keys:
+            by_kind[kind].add(value)
+    for kind, values in by_kind.items():
+        for part in _chunks(sorted(values)):
+            for value, sid, gid in session.exec(select(IdentityKey.value, IdentityKey.source_id, IdentityKey.golden_id)
+                                                .where(IdentityKey.kind == kind, IdentityKey.value.in_(part))):
+                holders[(kind, value)][sid] = gid
     out: dict[int, str] = {}
     for row, keys in wanted:
         for kind, value in keys:
-            holders = b.holders.get((kind, value), {})
-            if not holders or rules.overused(kind, len(holders)):
+            held = holders.get((kind, value), {})
+            if not held or rules.overused(kind, len(held)):
                 continue
-            goldens = set(holders.values())
+            goldens = set(held.values())
             if len(goldens) == 1:  # a phone two people share links to neither
                 out[id(row)] = goldens.pop()
                 break
@@ -368,21 +838,141 @@ def relink_orphans(session: Session, *, limit: int = 5000) -> dict[str, int]:
             "consent_applied": apply_consent(session, evs) if evs else 0}
 
 
-# --- read-only lookups ---------------------------------------------------------------------------
+# --- batch re-resolution of the whole store -----------------------------------------------------
+
+def reresolve(session: Session, *, reindex: bool = True, dry_run: bool = False,
+              run_id: str | None = None) -> dict[str, Any]:
+    """Re-cluster every live, resolved profile record with :func:`identity.batch.resolve` and apply
+    the differences as merges, unmerges and new golden records (ids stable, events recorded).
+
+    ``reindex`` rewrites every record's ``identity_key`` rows and recomputes ``match_term`` (needed
+    once after an upgrade, and whenever blocking keys changed); otherwise only golden ids move.
+    ``dry_run`` computes and counts the changes without writing any. Takes the identity-graph lock.
+    """
+    lock_identity_graph(session)
+    n = _Neighbourhood(session)
+    profiles: dict[int, tuple[str, str, dict[str, Any]]] = {}
+    cols = (SourceRow.id, SourceRow.system, SourceRow.stream, SourceRow.external_id, SourceRow.golden_id,
+            SourceRow.canonical)
+    with no_gc():
+        for sid, system, stream, ext, gid, canonical in session.exec(
+                select(*cols).where(SourceRow.kind == "profile", SourceRow.deleted.is_(False),
+                                    SourceRow.golden_id.is_not(None)).order_by(SourceRow.id)
+                .execution_options(yield_per=5000)):
+            prof = (canonical or {}).get("profile")
+            if prof is None:
+                continue
+            n.ents[sid] = store_entity(system, stream, ext, prof, n.rules)
+            n.gid[sid] = gid
+            if reindex:
+                profiles[sid] = (system, ext, prof)
+        order = list(n.ents)
+        entities = [n.ents[s] for s in order]
+        res = batch_resolve(entities, n.scorer, keep_unions=True)
+    stats = res.stats
+    counts = _apply(n, order, res.labels, res.unions or [], run_id=run_id, batch_rows={}, write=not dry_run,
+                    stats=stats)
+    touched = counts.pop("_touched")
+    counts.update({"records": len(order), "clusters": len(set(res.labels)), "pairs_scored": res.pairs_scored,
+                   "unions_refused": res.unions_refused})
+    if dry_run:
+        return {k: v for k, v in counts.items() if v or k in ("records", "clusters")}
+    if reindex:
+        ids = counts.pop("_ids")
+        for part in _chunks(order, 5000):
+            session.exec(delete(IdentityKey).where(IdentityKey.source_id.in_(part)))
+            _insert_keys(session, [(sid, k, ids[sid]) for sid in part for k in
+                                   stored_keys(profiles[sid][0], profiles[sid][1], profiles[sid][2], n.ents[sid],
+                                               n.rules)])
+        terms: Counter = Counter(k for e in entities for k in value_keys(e))
+        session.exec(delete(MatchTerm))
+        _upsert_terms(session, {**{_term_hash(k, n.secret): c for k, c in terms.items()},
+                                POPULATION: len(entities)}, add=False)
+        counts["reindexed"] = len(order)
+    counts.pop("_ids", None)
+    session.flush()
+    counts.update(refresh(session, touched, run_id=run_id))
+    return {k: v for k, v in counts.items() if v or k in ("records", "clusters")}
+
+
+# --- read-only decisions -------------------------------------------------------------------------
+
+@dataclass
+class Placement:
+    """Where one record would be placed now, and why: the golden id (None: a new golden record)
+    and each matching stored record with its masked evidence, strongest first."""
+
+    golden_id: str | None
+    matches: list[dict[str, Any]] = field(default_factory=list)
+    joins: list[str] = field(default_factory=list)  # every golden record it would tie together
+
+
+def decide(session: Session, system: str, external_id: str, profile: CustomerProfile | dict[str, Any], *,
+           stream: str = "contacts") -> Placement:
+    """Which golden record this profile would join now (the real-time path's decision), writing nothing.
+
+    The record is weighed as if stored (its keys and values counted once more, like a batch would)
+    against the records sharing a usable key with it; it ties together the golden records of those
+    it matches, strongest first, skipping any whose birth dates or first names conflict with what
+    it has tied so far; the oldest of them is the answer. Three queries: key holders, their records,
+    population counts (a fourth, rarely, when it would tie several golden records together).
+    """
+    n = _Neighbourhood(session)
+    p = profile if isinstance(profile, dict) else profile.model_dump(mode="json")
+    probe = -1
+    e = store_entity(system, stream, external_id, p, n.rules)
+    n.add_batch(probe, e, None, had_keys=False)
+    cands = n.candidates([probe]) - {probe}
+    n.load_terms(cands | {probe})
+    hits = []
+    for c in cands:
+        ok, w, _ = n.scorer.weigh(e, n.ents[c], n.stats)
+        if ok:
+            hits.append((-w, n.ents[c].id, c))
+    hits.sort()
+    if not hits:
+        return Placement(None)
+    goldens = list(dict.fromkeys(n.gid[c] for _, _, c in hits if n.gid.get(c)))
+    joins = goldens[:1]
+    if len(goldens) > 1:
+        n.load_goldens(goldens)
+        dobs, firsts = {e.dob} - {0}, {e.first} - {""}
+        for g in goldens:
+            ms = [n.ents[m] for m in n.members.get(g, ())]
+            gd, gf = {m.dob for m in ms} - {0}, {m.first for m in ms} - {""}
+            if g in joins or not n.scorer.clusters_conflict(dobs, firsts, gd, gf):
+                joins = list(dict.fromkeys([*joins, g]))
+                dobs, firsts = dobs | gd, firsts | gf
+        created = dict(session.exec(select(GoldenRecord.golden_id, GoldenRecord.created_at)
+                                    .where(GoldenRecord.golden_id.in_(joins))).all())
+        joins.sort(key=lambda g: (as_utc(created.get(g)) or utcnow(), g))
+    matches = [{"golden_id": n.gid[c], **n.evidence(probe, c)} for _, _, c in hits]
+    return Placement(joins[0], matches, joins)
+
 
 def resolve_one(session: Session, system: str, external_id: str,
                 profile: CustomerProfile | dict[str, Any]) -> tuple[str | None, list[str]]:
-    """Which golden record this profile would join now, and the evidence (masked); writes nothing."""
-    rules = load_rules()
-    b = _Batch(session=session, rules=rules, run_id=None)
-    p = profile if isinstance(profile, dict) else profile.model_dump(mode="json")
-    keys = profile_keys(system, external_id, p, rules)
-    b.load_keys(keys)
-    found, _ = _evidence(b, None, keys, _name_of(p))
-    if not found:
-        return None, []
-    gid, ks = sorted(found.items(), key=lambda kv: _strength(b, kv[1]) + (b.created_at(kv[0]), kv[0]))[0]
-    return gid, [masked_key(k, v) for k, v in ks]
+    """Which golden record this profile would join now, and the evidence (masked keys); writes nothing."""
+    placed = decide(session, system, external_id, profile)
+    keys = [k for m in placed.matches if m["golden_id"] == placed.golden_id for k in m["keys"]]
+    return placed.golden_id, list(dict.fromkeys(keys))
+
+
+def links(session: Session, golden_id: str) -> list[dict[str, Any]]:
+    """Why a golden record's records are together: the pairs that joined them, scored with the
+    store's counts now (masked evidence, strongest first)."""
+    n = _Neighbourhood(session)
+    n.load_goldens([golden_id])
+    members = sorted(n.members.get(golden_id, ()))
+    if len(members) < 2:
+        return []
+    n.candidates(members)
+    n.load_terms(members)
+    matched = n.pairs_within(members)
+    unions: list[tuple[float, int]] = []
+    cluster([n.ents[s] for s in members], matched, n.scorer, unions)
+    mask = (1 << 32) - 1
+    return [n.evidence(members[c >> 32], members[c & mask]) for _, c in sorted(unions, key=lambda u: -u[0])]
 
 
 def lookup(session: Session, kind: str, value: str) -> list[str]:

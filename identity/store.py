@@ -5,7 +5,8 @@
 * sources: :class:`SourceRow` (latest version of every vendor record, with its fingerprint),
   :class:`InteractionRow`, :class:`ConsentEventRow`;
 * golden: :class:`GoldenRecord` (profile + lineage), :class:`GoldenAlias`, :class:`IdentityKey`
-  (the match index), :class:`MergeEvent`, :class:`ChangeEvent` (the change feed), :class:`Tombstone`;
+  (the match index), :class:`MatchTerm` (the matcher's population counts), :class:`MergeEvent`,
+  :class:`ChangeEvent` (the change feed), :class:`Tombstone`;
 * operations: :class:`Checkpoint`, :class:`SyncRun`, :class:`DeadLetter`, :class:`OutboundLedger`,
   :class:`WebhookEvent`, :class:`AuditEntry`;
 * access: :class:`ApiKey`.
@@ -139,19 +140,33 @@ class GoldenAlias(SQLModel, table=True):
 
 
 class IdentityKey(SQLModel, table=True):
-    """The match index: a normalized identifier (email, phone, external id, CDP id) of a source record."""
+    """The match index: a normalized identifier (email, phone, external id, CDP id) of a source record,
+    or one of its blocking keys (kind ``blk``) or name/postcode values (kind ``tf``) for probabilistic
+    matching (see :func:`identity.matching.index_keys`)."""
 
     __tablename__ = "identity_key"
     __table_args__ = (
         UniqueConstraint("kind", "value", "source_id", name="uq_identity_key"),
         Index("ix_identity_key_lookup", "kind", "value"),
         Index("ix_identity_key_golden", "golden_id"),
+        Index("ix_identity_key_source", "source_id"),  # a record's keys are replaced when it changes
     )
     id: int | None = Field(default=None, primary_key=True)
     kind: str = Field(max_length=24)
     value: str = Field(max_length=255)
     source_id: int = Field(sa_type=BigInteger)
     golden_id: str = Field(max_length=40)
+
+
+class MatchTerm(SQLModel, table=True):
+    """A count the probabilistic matcher needs about the whole population, kept up to date by the
+    resolver so one record can be scored without counting: live profile records per first name,
+    last name and postcode (term frequencies; ``key`` is a keyed hash, never the value), and the
+    number of live profile records (``key`` ``*``)."""
+
+    __tablename__ = "match_term"
+    key: str = Field(primary_key=True, max_length=64)
+    n: int = Field(default=0, sa_type=BigInteger)
 
 
 class MergeEvent(SQLModel, table=True):

@@ -274,3 +274,67 @@ def test_a_shared_office_line_does_not_merge_similar_names_of_different_people(s
     assert len({store.golden_of(s, e) for s, e in [("salesforce", "ana"), ("salesforce", "hana"),
                                                   ("hubspot", "ana2")]}) == 3
     assert store.golden_of("zoom", "jon") != store.golden_of("salesforce", "ana")
+
+
+# --- probabilistic evidence on the real-time path ---------------------------------------------------
+
+def _background(store: Store, n: int = 300) -> None:
+    """Other customers in the store: names and postcodes get realistic frequencies (term weights)."""
+    from identity import truth
+    from tests.test_identity_paths import profile_of
+
+    for r in truth.generate(n, seed=99):
+        store.profile(r["system"], r["record_id"], **profile_of(r))
+    store.resolve()
+
+
+KATE = dict(last_name="Okonkwo", birth_date="1985-07-14",
+            addresses=[{"line1": "12 Main Street", "city": "Springfield", "state": "IL", "postcode": "62704"}])
+
+
+def test_a_typo_duplicate_with_other_email_and_phone_merges_with_probabilistic_evidence(store):
+    _background(store)
+    store.profile("salesforce", "003K", first_name="Katherine", emails=["kate@work.example"], phones=["+12175550101"],
+                  **KATE)
+    store.profile("zoom", "caller-7", first_name="Katherine", last_name="Okonkwo", phones=["+12175550199"])
+    store.resolve()
+    sf, zoom = store.golden_of("salesforce", "003K"), store.golden_of("zoom", "caller-7")
+    assert sf != zoom  # a name alone ties nobody
+    # a typo in the first name, another email and phone: birth date and street address tie her to
+    # the Salesforce contact, her new phone to the caller -- one person, one golden record
+    store.profile("hubspot", "h-kate", first_name="Katherin", emails=["k.okonkwo@gmail.com"], phones=["(217) 555-0199"],
+                  **{**KATE, "addresses": [{"line1": "12 MAIN ST", "postcode": "62704"}]})
+    store.resolve()
+    assert store.golden_of("hubspot", "h-kate") == store.golden_of("salesforce", "003K") == \
+        store.golden_of("zoom", "caller-7") == sf  # the older id survives
+    with session_scope(store.engine) as s:
+        ev = s.exec(select(MergeEvent).where(MergeEvent.kind == "merge")).one().evidence
+        text = explain(s, sf)
+    typo = next(p for p in ev["pairs"] if "salesforce/contacts/003K" in p["records"])
+    assert sorted(typo["records"]) == ["hubspot/contacts/h-kate", "salesforce/contacts/003K"]
+    assert "first_name=typo" in typo["agreed"]
+    assert {"birth_date=exact", "address=street_postcode", "last_name=exact"} <= set(typo["agreed"])
+    assert set(typo["disagreed"]) == {"email", "phone"} and typo["keys"] == []
+    assert typo["weight"] >= ev["threshold"] and 0.99 < typo["probability"] <= 1
+    assert any(k.startswith("phone=") for k in ev["keys"])  # the caller: on the shared phone
+    for raw in ("Katherin", "Okonkwo", "1985", "kate@work", "k.okonkwo", "5550199", "Main"):
+        assert raw not in str(ev), raw
+    assert "first_name=typo" in text and "match weight" in text and "probability" in text
+    assert "Why these records are together" in text and "salesforce/contacts/003K ~ hubspot/contacts/h-kate" in text
+
+
+def test_a_family_sharing_a_phone_and_address_is_not_merged(store):
+    _background(store)
+    home = {"last_name": "Mensah", "phones": ["+14045550177"],
+            "addresses": [{"line1": "8 Oak Lane", "city": "Decatur", "state": "GA", "postcode": "30030"}]}
+    store.profile("salesforce", "mum", first_name="Grace", birth_date="1970-02-02", **home)
+    store.profile("hubspot", "son", first_name="Kofi", birth_date="2001-09-09", **home)
+    store.profile("shop", "dad", first_name="Kwame", birth_date="1968-11-30", emails=["kwame@x.example"], **home)
+    store.profile("zoom", "mum-call", first_name="Grace", last_name="Mensah", phones=["404-555-0177"])
+    store.resolve()
+    gids = {e: store.golden_of(s, e) for s, e in (("salesforce", "mum"), ("hubspot", "son"), ("shop", "dad"),
+                                                  ("zoom", "mum-call"))}
+    assert len({gids["mum"], gids["son"], gids["dad"]}) == 3
+    assert gids["mum-call"] == gids["mum"]  # her own call still finds her on the family line
+    with session_scope(store.engine) as s:
+        assert resolve_one(s, "twilio", "sms-1", {"first_name": "Kofi", "phones": ["+14045550177"]})[0] == gids["son"]
