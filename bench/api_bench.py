@@ -1,7 +1,7 @@
 """API latency: screen-pop lookup, profile and timeline, in process and over loopback at a fixed rate.
 
-For each store size (default 10,000 and 100,000 golden records; ``OMNISYNC_BENCH_API_SIZES`` e.g.
-``100000,1000000`` for the issue's sizes) the store is filled with golden records, two identity keys
+For each store size (default 100,000 and 1,000,000 golden records, 1,000 and 10,000 with
+``--quick``; ``OMNISYNC_BENCH_API_SIZES`` e.g. ``10000,100000`` for others) the store is filled with golden records, two identity keys
 each (email and phone), a few interactions each, and one customer with 1,000 interactions. Then:
 
 * in process (httpx over ASGI transport, no network): lookup by phone, profile, timeline page of 50
@@ -307,7 +307,7 @@ def run_size(backend: str, n: int, *, requests: int, rps: int, seconds: float) -
 def main(quick: bool = False) -> dict[str, Any]:
     backend = "postgresql" if _pg_ok() else "sqlite"
     env_sizes = os.environ.get("OMNISYNC_BENCH_API_SIZES")
-    sizes = [int(x) for x in env_sizes.split(",")] if env_sizes else ([1_000, 10_000] if quick else [10_000, 100_000])
+    sizes = [int(x) for x in env_sizes.split(",")] if env_sizes else ([1_000, 10_000] if quick else [100_000, 1_000_000])
     rps = int(os.environ.get("OMNISYNC_BENCH_API_RPS", "500"))
     requests, seconds = (200, 2.0) if quick else (1_000, 10.0)
     print(f"store: {backend}; sizes {', '.join(f'{s:,}' for s in sizes)}; loopback at {rps} lookups/s for {seconds:.0f} s")
