@@ -350,6 +350,28 @@ def _creations(session: Session, system: str, stream: str, todo: list["_Mapped"]
     return out
 
 
+def _written_elsewhere(session: Session, system: str, stream: str, todo: list["_Mapped"]) -> set[str]:
+    """Records read for the first time that omnisync itself created by writing another stream of the
+    same system: a Segment profile behind our ``identify`` (its user id is a golden id). Found by
+    the id the create was answered with, or by the ledger key of a create whose answer was lost."""
+    from identity.push import policy
+
+    push_stream = policy(system).get("profile_stream")
+    ids = sorted({m.record.external_id for m in todo if m.row is None and "profile" in m.mapped})
+    if not push_stream or push_stream == stream or not ids:
+        return set()
+    found: set[str] = set()
+    for i in range(0, len(ids), CHUNK):
+        part = ids[i:i + CHUNK]
+        keys = [f"{e}|new" for e in part]
+        for key, ext in session.exec(select(OutboundLedger.key, OutboundLedger.external_id).where(
+                OutboundLedger.target_system == system, OutboundLedger.target_stream == push_stream,
+                OutboundLedger.external_id.in_(part) | OutboundLedger.key.in_(keys))):
+            if key.endswith("|new"):
+                found.add(ext if ext in part else key.removesuffix("|new"))
+    return found
+
+
 @dataclass
 class _Known:
     """Interaction and consent rows of one batch, looked up once per page instead of once per record.
@@ -439,6 +461,12 @@ def ingest_records(session: Session, records: list[SourceRecord], *, run_id: str
             todo = [m for r in recs
                     if (m := _check_and_map(session, r, mappings, existing.get(r.external_id), counts, run_id))]
             created = _creations(session, system, stream, todo, ledger, profile_mapping)
+            ours = _written_elsewhere(session, system, stream, todo)
+            if ours:
+                # Our own write seen through a stream we do not push to: nothing in it is the
+                # person's, and whether a lookup happens to see it must not change the store.
+                counts.bump(system, stream, "echoes", sum(1 for m in todo if m.record.external_id in ours))
+                todo = [m for m in todo if m.record.external_id not in ours]
             blocked = _tombstoned(session, (h for m in todo for h in m.hashes))
             live = []
             for m in todo:

@@ -43,7 +43,7 @@ def _mapping(system: str) -> object:
     })
 
 
-MAPPINGS = {"acme": _mapping("acme"), "zenith": _mapping("zenith")}
+MAPPINGS = {"acme": _mapping("acme"), "zenith": _mapping("zenith"), "cdp": _mapping("cdp")}
 GID = "g-zoe"
 ACME = {"first": "Zoe", "email": "zoe@example.com", "street": "12 Elm St", "city": "Springfield", "zip": "62704",
         "golden": GID}  # linked already: only zenith has something to receive
@@ -53,7 +53,10 @@ ZENITH = {"first": "Zoe", "email": "zoe@example.com", "state": "IL", "country": 
 @pytest.fixture(autouse=True)
 def _two_systems(monkeypatch):
     own = {"defaults": {"breaker_share": 1.0, "breaker_min_records": 20, "loop_threshold": 3},
-           "systems": {s: {"profile_stream": "people", "create": False, "duplicates": "link"} for s in MAPPINGS}}
+           "systems": {"acme": {"profile_stream": "people", "create": False, "duplicates": "link"},
+                       "zenith": {"profile_stream": "people", "create": False, "duplicates": "link"},
+                       # like Segment: profiles written as "identify" calls, read back as "people"
+                       "cdp": {"profile_stream": "identify", "create": True, "duplicates": "link"}}}
     monkeypatch.setattr(planner, "ownership", lambda: own)
     monkeypatch.setattr(planner, "load_mapping", lambda system, stream: MAPPINGS[system])
 
@@ -189,3 +192,26 @@ def test_a_real_edit_on_top_of_our_write_is_a_new_fact_and_only_the_edit_counts(
         facts, observed = golden_mod.row_facts(row)
     assert _address(facts) == {"state": "WI", "country": "US"}, "zenith's own facts: its edit, not our street"
     assert observed == T0 + timedelta(hours=2)
+
+
+@pytest.mark.parametrize("answered", [True, False], ids=["create-answered", "answer-lost"])
+def test_a_profile_we_created_through_another_stream_reads_back_as_our_echo_not_a_source(store_url, answered):
+    """Like a Segment profile behind our identify call (its user id is the golden id): whether a
+    lookup happens to see it before or after our write must not add a record to the golden one."""
+    from identity.store import OutboundLedger
+    from omnisync.records import SourceRecord
+
+    engine = get_engine(store_url)
+    with session_scope(engine) as s:
+        s.add(OutboundLedger(target_system="cdp", target_stream="identify", key=f"{GID}|new",
+                             external_id=GID if answered else None, fingerprint="f" if answered else "",
+                             payload={"since": {"first": "Zoe", "email": "zoe@example.com"}, "since_fp": None}))
+    theirs = {"first": "Zoe", "email": "zoe@example.com", "city": "Springfield"}
+    with session_scope(engine) as s:
+        counts = ingest_records(s, [
+            SourceRecord(system="cdp", stream="people", external_id=GID, modified_at=T0, payload=dict(ZENITH)),
+            SourceRecord(system="cdp", stream="people", external_id="web-1", modified_at=T0, payload=theirs)])
+    with session_scope(engine) as s:
+        rows = [r.external_id for r in s.exec(select(SourceRow))]
+    assert counts.total("echoes") == 1 and counts.total("stored") == 1 and counts.reconciles()
+    assert rows == ["web-1"], "the web app's profile is a source; the one our write made is not"
