@@ -148,10 +148,14 @@ def omnichannel(*, systems: list[str] | None = None, push: bool = True, force_pu
     resolved = stages.resolve(run_id=run_id)
     enriched = None
     if "segment" in systems:  # the CDP answers lookups only: ask it about the people who changed
-        enriched = stages.enrich(run_id=run_id)
-        counts.merge(collect([enriched]))
-        for k, v in stages.resolve(run_id=run_id).items():
-            resolved[k] = resolved.get(k, 0) + v
+        try:
+            enriched = stages.enrich(run_id=run_id)
+        except Exception as e:  # like a failed stream: reported, its checkpoint kept, the run goes on
+            results.append(_failed("segment", "profiles", e))
+        else:
+            counts.merge(collect([enriched]))
+            for k, v in stages.resolve(run_id=run_id).items():
+                resolved[k] = resolved.get(k, 0) + v
     pushed = None
     if push:
         targets = [s for s in PUSH_SYSTEMS if s in systems]
