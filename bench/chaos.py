@@ -16,8 +16,10 @@ Scenarios:
 
 * ``faults-20%`` – every sandbox answers 20% of requests with 429, 5xx, a stall then 5xx,
   a truncated body, or slowly. The faulty run must end with every stream either synced or
-  reported failed/quota with a reason (its checkpoint kept); one clean follow-up run (resume) then
-  reaches the baseline. Lost records outside reported streams count as lost.
+  reported failed/quota with a reason (its checkpoint kept): every vendor record the baseline's
+  *first* run stored is stored, once, outside reported streams (:func:`synced_once`; what the
+  push adds is read back by the next run, so it is not expected yet). Clean runs to the fixpoint
+  (resume) then reach the baseline.
 * ``sigkill`` – the plain pipeline (``python -m flows.orchestrate``) in a child process, killed
   with SIGKILL at a seeded random moment, then re-run to its fixpoint.
 * ``quota`` – HubSpot and Zoom run out of daily quota part-way: the run must be ``partial`` with
@@ -280,12 +282,14 @@ def store_census(url: str, seeded: set[str]) -> dict[str, Any]:
         return k
 
     plain = {k: v for k, v in snap["sources"].items() if not v[5] and not minted(k)}
+    stored = {k for k in snap["sources"] if not minted(k)}  # echoes included
     dead: Counter = Counter()
     for d, n in snap["dead_letters"].items():
         dead[(d[0], d[1], "<minted>" if minted(d) else d[2], d[3])] += n
     return {
         # modified_at and fingerprint follow the vendor's clock for records omnisync wrote back
         "sources": {k: (v[1], v[2], v[4]) for k, v in plain.items()},
+        "stored": stored,
         "minted": Counter((key(k), v[1], v[4]) for k, v in snap["sources"].items() if not v[5] and minted(k)),
         "echoes": Counter((k[0], k[1], v[1], v[4]) for k, v in snap["sources"].items() if v[5]),
         "source_rows": snap["source_rows"] - sum(1 for k, v in snap["sources"].items() if v[5] or minted(k)),
@@ -362,6 +366,7 @@ class Baseline:
     seconds: float
     runs: int
     seeded: set[str]
+    first: dict = field(default_factory=dict)  # the store after the first run
 
 
 def baseline(root: Path, size: int) -> Baseline:
@@ -371,14 +376,38 @@ def baseline(root: Path, size: int) -> Baseline:
     try:
         url = use_store(work, "store")
         seeded = seeded_ids(work / "sandboxes.json")  # every trial's sandboxes start from this seed
+        from flows.orchestrate import omnichannel
+
         t0 = time.perf_counter()
-        runs = run_to_fixpoint()
+        first_run = omnichannel(systems=SYSTEMS)
         secs = time.perf_counter() - t0
+        first = store_census(url, seeded)
+        t0 = time.perf_counter()
+        runs = run_to_fixpoint(first_run)
+        secs += time.perf_counter() - t0
         if runs[-1]["status"] != "completed" or pushed_writes(runs[-1]):
             raise RuntimeError(f"the baseline did not reach a fixpoint in {MAX_RUNS} runs")
-        return Baseline(store_census(url, seeded), vendor_census(work / "sandboxes.json"), secs, len(runs), seeded)
+        return Baseline(store_census(url, seeded), vendor_census(work / "sandboxes.json"), secs, len(runs), seeded,
+                        first)
     finally:
         cluster.stop()
+
+
+def synced_once(first: dict, store: dict, *, excused: set[str]) -> Diff:
+    """After one faulty run: every vendor record an uninterrupted first run stores is stored, once,
+    unless its stream was reported failed or stopped with a reason.
+
+    Only the vendors' own records count here. What the push adds (records we create, echoes of
+    our writes, activities hung on records created in this run) is read by the *next* run in an
+    uninterrupted run too, so it is judged after the runs to the fixpoint, against the baseline.
+    """
+    d = Diff(records=len(first["sources"]))
+    lost = sorted(k for k in first["sources"].keys() - store["stored"] if f"{k[0]}/{k[1]}" not in excused)
+    d.lost = len(lost)
+    d.duplicated = store["source_rows"] - len(store["sources"])
+    if lost:
+        d.notes.append(f"after the faulty run, not stored and not reported: {lost[:3]}")
+    return d
 
 
 FAULTS_20 = dict(rate_429=0.05, rate_5xx=0.05, rate_timeout=0.04, timeout_stall_s=0.5, rate_truncate=0.06,
@@ -400,8 +429,7 @@ def faults_trial(root: Path, size: int, base: Baseline, seed: int) -> Diff:
         notes = []
         unexplained = [s for s in faulty["failed"] if not s.get("message")]
         excused = {f"{s['system']}/{s['stream']}" for s in stopped}
-        mid = compare(base.store, base.vendor, store_census(url, base.seeded), vendor_census(work / "sandboxes.json"),
-                      excused=excused)
+        mid = synced_once(base.first, store_census(url, base.seeded), excused=excused)
         injected = sum(sum(cluster[n].log.faults_injected.values()) for n in SYSTEMS)
         notes.append(f"{injected} faults injected; {len(stopped)} streams checkpointed with a reason; "
                      f"lost outside them after the faulty run: {mid.lost}")
@@ -412,7 +440,7 @@ def faults_trial(root: Path, size: int, base: Baseline, seed: int) -> Diff:
         d = compare(base.store, base.vendor, store_census(url, base.seeded), vendor_census(work / "sandboxes.json"))
         d.lost += mid.lost + len(unexplained)
         d.duplicated = max(d.duplicated, mid.duplicated)
-        d.notes = notes + d.notes
+        d.notes = notes + mid.notes + d.notes
         return d
     finally:
         cluster.stop()
