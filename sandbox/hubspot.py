@@ -95,6 +95,9 @@ PROPS: dict[str, dict[str, Any]] = {
         "company": "str", "jobtitle": "str", "date_of_birth": "date", "address": "str", "city": "str",
         "state": "str", "zip": "str", "country": "str", "hs_language": "str",
         "lifecyclestage": LIFECYCLE, "hs_email_optout": ("true", "false"), "hs_additional_emails": "str",
+        # Custom single-checkbox properties of the portal for SMS and call opt-outs: HubSpot keeps SMS
+        # consent as subscription statuses (Communication Preferences API) and has no do-not-call field.
+        "omnisync_sms_opt_out": ("true", "false"), "omnisync_do_not_call": ("true", "false"),
         "omnisync_golden_id": "str", "createdate": "ro", "lastmodifieddate": "ro", "hs_object_id": "ro",
         "hs_merged_object_ids": "ro",
     },
@@ -560,7 +563,8 @@ class HubSpotSandbox(Sandbox):
                      "lifecyclestage": r.choices(LIFECYCLE, weights=(10, 30, 15, 10, 8, 20, 2, 5))[0],
                      "hs_email_optout": "true" if r.random() < 0.03 else "false"}
         merged = [ID_BASE["contacts"] + 1 + j for j in self._merged_into(i)]
-        props.update({"hs_additional_emails": None, "omnisync_golden_id": None, "createdate": iso(created),
+        props.update({"hs_additional_emails": None, "omnisync_golden_id": None, "omnisync_sms_opt_out": None,
+                      "omnisync_do_not_call": None, "createdate": iso(created),
                       "lastmodifieddate": iso(updated), "hs_object_id": str(oid),
                       "hs_merged_object_ids": ";".join(map(str, merged)) or None})
         return Obj(oid, props, created, updated, archived_at=updated if state == "archived" else None)

@@ -3,7 +3,9 @@
 Objects Contact, Lead and Task (calls and emails logged as activities), seeded lazily from
 :mod:`sandbox.population`: only an index of ``(SystemModstamp, Id)`` pairs is kept per object and
 a record is computed from its index until something writes it. Person 0, Amara Okafor, is a
-Contact with her work email and a formatted mobile number, and has two call Tasks.
+Contact with her work email and a formatted mobile number, and has two call Tasks. Contacts carry
+the org's custom ``Customer_Tier__c`` picklist (Platinum, Gold, Silver, Bronze; Amara is Gold) and
+``Omnisync_Sms_Opt_Out__c`` checkbox next to the standard ``HasOptedOutOfEmail`` and ``DoNotCall``.
 
 Vendor behaviour reproduced on purpose (specs/README.md, "Salesforce"):
 
@@ -101,12 +103,17 @@ _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9-]+)+$")
 
+# The org's custom Contact fields besides omnisync's own ids: Customer_Tier__c, a restricted picklist
+# sales sets per customer (the value tier routing and agents see), and Omnisync_Sms_Opt_Out__c, a
+# checkbox for SMS opt-outs (Salesforce has standard HasOptedOutOfEmail and DoNotCall, nothing for SMS).
+TIERS = ("Platinum", "Gold", "Silver", "Bronze")
 # Field kinds: id, ref, str, email, bool, date, datetime, int. Read-only fields are listed apart.
 SCHEMA: dict[str, dict[str, str]] = {
     "Contact": {"Id": "id", "FirstName": "str", "LastName": "str", "Email": "email", "Phone": "str",
                 "MobilePhone": "str", "Title": "str", "Birthdate": "date", "MailingStreet": "str",
                 "MailingCity": "str", "MailingState": "str", "MailingPostalCode": "str", "MailingCountry": "str",
                 "LeadSource": "str", "HasOptedOutOfEmail": "bool", "DoNotCall": "bool",
+                "Omnisync_Sms_Opt_Out__c": "bool", "Customer_Tier__c": "str",
                 "Omnisync_Golden_Id__c": "str", "MasterRecordId": "ref", "IsDeleted": "bool",
                 "CreatedDate": "datetime", "LastModifiedDate": "datetime", "SystemModstamp": "datetime"},
     "Lead": {"Id": "id", "FirstName": "str", "LastName": "str", "Email": "email", "Phone": "str",
@@ -129,7 +136,8 @@ PICKLISTS = {("Task", "TaskSubtype"): ("Call", "Email", "Task"),
              ("Task", "Status"): ("Not Started", "In Progress", "Completed"),
              ("Task", "Priority"): ("High", "Normal", "Low"),
              ("Lead", "Status"): ("Open - Not Contacted", "Working - Contacted", "Closed - Converted",
-                                  "Closed - Not Converted")}
+                                  "Closed - Not Converted"),
+             ("Contact", "Customer_Tier__c"): TIERS}
 EXTERNAL_IDS = {"Contact": ("Omnisync_Golden_Id__c",), "Lead": ("Omnisync_Golden_Id__c",),
                 "Task": ("Omnisync_Interaction_Id__c",)}
 # External-id fields marked Unique. The golden id is not: duplicates that sales keeps apart in the
@@ -786,9 +794,20 @@ class SalesforceSandbox(Sandbox):
                  "MailingCountry": r.choice(("US", "United States", "USA", None)),
                  "LeadSource": r.choice(LEAD_SOURCES) if r.random() < 0.5 else None,
                  "HasOptedOutOfEmail": r.random() < 0.04, "DoNotCall": r.random() < 0.02}
+        f.update(self._custom_fields(i, pid))
         f.update({"Omnisync_Golden_Id__c": None, "CreatedDate": created,
                   "MasterRecordId": sf_id("Contact", self._original(i) + 1) if state == "merged" else None})
         return Rec(i + 1, f, self._stamp("Contact", i), created, deleted=state != "live")
+
+    def _custom_fields(self, i: int, pid: int) -> dict[str, Any]:
+        """The org's custom fields, drawn apart from the standard ones so adding them changed no one else.
+        The tier belongs to the person (duplicates agree); most customers have one, more of the lower
+        tiers. The heroine is a Gold customer who has not opted out of SMS in Salesforce."""
+        if i == 0:
+            return {"Customer_Tier__c": "Gold", "Omnisync_Sms_Opt_Out__c": False}
+        t = random.Random(f"salesforce-tier:{self.seed_value}:{pid}")
+        tier = t.choices(TIERS, weights=(5, 15, 30, 50))[0] if t.random() < 0.7 else None
+        return {"Customer_Tier__c": tier, "Omnisync_Sms_Opt_Out__c": self._rng("Contact", i, 5).random() < 0.03}
 
     def _make_lead(self, k: int) -> Rec:
         # Leads are prospects Salesforce holds as no contact: the people only HubSpot also knows.

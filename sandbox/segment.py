@@ -3,8 +3,9 @@ Profile API (``/v1/spaces/{space}/collections/users/profiles/{type}:{id}/traits|
 reads back.
 
 Seeded from :mod:`sandbox.population`: web-app users for active people (user id ``web-<n>``,
-traits with email and names, one or two anonymous ids, a few page/track events). The heroine is
-``web-7731`` with ``amara.okafor@example.com``.
+traits with email and names, one or two anonymous ids, a few page/track events; paying users have
+a computed ``value_tier`` trait). The heroine is ``web-7731`` with ``amara.okafor@example.com``, a
+gold customer.
 
 Faithful behaviour: Basic auth (``writeKey:`` for tracking, ``token:`` for profiles); 32 KB per
 message and 500 KB per batch (larger is a 400); malformed messages inside a valid batch are
@@ -98,6 +99,9 @@ class SegmentSandbox(Sandbox):
             traits["phone"] = p.mobile
         if pid == 0 or r.random() < 0.5:
             traits["plan"] = r.choice(("free", "plus", "premium")) if pid else "plus"
+        tier = self._value_tier(pid, traits.get("plan"))
+        if tier:
+            traits["value_tier"] = tier
         msgs: list[dict[str, Any]] = []
         t = start
         for a in anon:
@@ -114,6 +118,16 @@ class SegmentSandbox(Sandbox):
             msgs.append({"type": "track", "userId": user_id, "event": name, "properties": props,
                          "timestamp": _iso(t), "messageId": f"seed-{pid}-{len(msgs)}"})
         return msgs
+
+    def _value_tier(self, pid: int, plan: str | None) -> str | None:
+        """A computed trait of the space (Engage): paying web customers' value tier from their spend,
+        drawn apart from the seed's other values so adding it changed no one else. The heroine is gold."""
+        if pid == 0:
+            return "gold"
+        if plan not in ("plus", "premium"):
+            return None
+        t = random.Random(f"segment-tier:{self.seed_value}:{pid}")
+        return t.choice(("gold", "platinum")) if plan == "premium" else t.choice(("bronze", "silver", "gold"))
 
     # --- identity graph ------------------------------------------------------------------------
     def _ids(self, msg: dict[str, Any]) -> list[tuple[str, str]]:

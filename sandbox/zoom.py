@@ -2,7 +2,8 @@
 
 Seeded from :mod:`sandbox.population`: about 40% of people have one to three engagements between
 August and November 2026 on voice, web chat, SMS, email or video, answered by a roster of agents in
-named queues, with dispositions, notes and (for messaging) transcript URLs. Callers show up by phone
+named queues, with dispositions (about 3% of callers ask not to be called again: "Do not call"),
+notes and (for messaging) transcript URLs. Callers show up by phone
 number (often formatted by hand-entered caller-ID rules), chat and email consumers by address. Some
 chats are handled by the virtual agent alone (contained); others are handed to a live agent, and
 the engagement keeps the bot's context: a ``Virtual Agent Ended`` event whose ``event_content``
@@ -59,6 +60,7 @@ CONTACT_SALT = 702
 AGENTS = ("Jordan Lee", "Priya Nair", "Marcus Bell", "Sofia Marin", "Daniel Cho", "Grace Obi", "Tomas Vidal",
           "Hannah Stone", "Ravi Mehta", "Elena Ruiz", "Sam Carter", "Noor Haddad")
 QUEUES = ("Billing", "Support", "Sales", "Tech Support", "Retention")
+DO_NOT_CALL = "Do not call"  # the account's disposition for a caller's do-not-call request (a voice opt-out)
 DISPOSITIONS = ("Resolved", "Refund approved", "Follow-up required", "Escalated", "Callback scheduled",
                 "Order updated", "Information provided", "Sale")
 NOTES = ("Customer asked about delivery times; gave tracking link.", "Verified account, updated shipping address.",
@@ -180,7 +182,11 @@ class ZoomSandbox(Sandbox):
                     break
                 roll -= share
             start = SEED_FROM + timedelta(seconds=r.randrange(span))
-            self.add_engagement(kind, self._consumer(pid, kind, r), start, r)
+            e = self.add_engagement(kind, self._consumer(pid, kind, r), start, r)
+            if kind == "voice" and e.get("agents") and random.Random(f"zoom-dnc:{self.seed_value}:{pid}").random() < 0.03:
+                # A caller asked not to be called again: the agent dispositions the call so.
+                dnc = random.Random(f"zoom-dnc-id:{self.seed_value}")
+                e["dispositions"] = [dict(self._disposition(DO_NOT_CALL, dnc))]
 
     def _seed_heroine(self, r: random.Random) -> None:
         p = person(0, self.seed_value)
