@@ -6,14 +6,20 @@ live agent is one engagement: its events hold a ``Virtual Agent Ended`` event wh
 variables, summary and outcome. A hand-off is such a conversation with outcome ``transferred``
 (or followed by a transfer or an agent accepting); a messaging engagement no agent touched is the
 bot's alone (channel ``bot``).
+
+Consent: an agent records a caller's do-not-call request as the engagement's disposition (Zoom's
+dispositions are the account's own names: "Do not call", "DNC", "Do not contact" are recognized,
+in any case and punctuation). Address-book custom fields are strings; opt-out flags written there
+read "true" or "false".
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from mappings.transforms import register
+from mappings.transforms import TRANSFORMS, register
 
 # Deprecated ``channel_types`` values, still sent by older accounts.
 _CHANNEL_TYPES = {"voice": "voice", "sms": "sms", "chat": "chat", "in_app_chat": "chat", "video": "video",
@@ -140,3 +146,31 @@ register("zoom_last_agent", _name("display_name"))
 register("zoom_last_disposition", _name("disposition_name"))
 for _part in ("from_bot", "intent", "summary", "context", "bot_interaction_id"):
     register(f"zoom_handoff_{_part}", _handoff(_part))
+
+
+DO_NOT_CALL = {"do not call", "dnc", "do not contact", "do not call list"}
+
+
+def _words(name: str) -> str:
+    # "Do-Not-Call", "do_not_call " and "D.N.C." read as "do not call" and "dnc"
+    return " ".join(re.sub(r"[^a-z ]", "", re.sub(r"[-_/\s]+", " ", name.lower())).split())
+
+
+def _do_not_call(dispositions: Any) -> str | None:
+    """``opted_out`` when an agent dispositioned the engagement as do-not-call; otherwise no consent event."""
+    if not isinstance(dispositions, list):
+        return None
+    for d in dispositions:
+        name = d.get("disposition_name") if isinstance(d, dict) else None
+        if isinstance(name, str) and _words(name) in DO_NOT_CALL:
+            return "opted_out"
+    return None
+
+
+def _optout_text(v: Any) -> str | None:
+    flag = TRANSFORMS["optout_flag"].outbound(v)
+    return None if flag is None else ("true" if flag else "false")
+
+
+register("zoom_do_not_call", _do_not_call)
+register("zoom_optout_flag", TRANSFORMS["optout_flag"].inbound, _optout_text)
