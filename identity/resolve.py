@@ -50,7 +50,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import delete, func, insert, union_all, update
+from sqlalchemy import case, delete, func, insert, union_all, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from identity.batch import cluster, no_gc
@@ -527,9 +528,8 @@ def _resolve(session: Session, live: list[tuple[SourceRow, dict[str, Any]]], gon
     labels, refused = cluster([n.ents[s] for s in order], matched, n.scorer, unions)
     counts = _apply(n, order, labels, unions, run_id=run_id, batch_rows={sid: r for sid, (r, _) in rows.items()},
                     extra_touched={r.golden_id for r in gone if r.golden_id})
-    for sid, (row, p) in rows.items():
-        _insert_keys(session, [(sid, k, row.golden_id) for k in
-                               stored_keys(row.system, row.external_id, p, n.ents[sid], n.rules)])
+    _insert_keys(session, [(sid, k, row.golden_id) for sid, (row, p) in rows.items()
+                           for k in stored_keys(row.system, row.external_id, p, n.ents[sid], n.rules)])
     _bump(session, n)
     counts.update({"unions_refused": refused, "neighbourhood": len(order), "pairs_scored": n.pairs_scored})
     session.flush()
@@ -634,13 +634,14 @@ def _apply(n: _Neighbourhood, order: list[int], labels: list[int], unions: list[
                 s.add(rec)
         if new_ids:
             s.flush()
+    merges = []
     for g, label in sorted(absorbed.items(), key=lambda kv: (info[kv[0]][0], kv[0])):
         survivor = cid[label]
-        ev = _merge_evidence(n, clusters[label], unions, pos, origin_of=lambda x: (
-            n.gid.get(x) or f"new:{x}"), focus=g, stats=stats)
-        if write:
-            _merge(s, survivor, g, ev, run_id)
+        merges.append((g, survivor, _merge_evidence(n, clusters[label], unions, pos, origin_of=lambda x: (
+            n.gid.get(x) or f"new:{x}"), focus=g, stats=stats)))
         touched.update((survivor, g))
+    if write and merges:
+        _merge(s, merges, run_id)
     moved: dict[tuple[str, str], list[int]] = defaultdict(list)
     place: dict[str, list[int]] = defaultdict(list)
     for label, sids in clusters.items():
@@ -659,11 +660,15 @@ def _apply(n: _Neighbourhood, order: list[int], labels: list[int], unions: list[
                 touched.add(target)
     counts["moved"] = sum(len(v) for v in moved.values())
     if write:
-        for target, sids in place.items():
-            stored = [x for x in sids if x not in batch_rows]
-            for part in _chunks(sorted(stored)):
-                s.exec(update(SourceRow).where(SourceRow.id.in_(part)).values(golden_id=target))
-                s.exec(update(IdentityKey).where(IdentityKey.source_id.in_(part)).values(golden_id=target))
+        stored = {sid: target for target, sids in place.items() for sid in sids if sid not in batch_rows}
+        for part in _chunks(sorted(stored)):
+            to = case({sid: stored[sid] for sid in part}, value=SourceRow.id)
+            s.exec(update(SourceRow).where(SourceRow.id.in_(part)).values(golden_id=to)
+                   .execution_options(synchronize_session=False))
+            to = case({sid: stored[sid] for sid in part}, value=IdentityKey.source_id)
+            s.exec(update(IdentityKey).where(IdentityKey.source_id.in_(part)).values(golden_id=to)
+                   .execution_options(synchronize_session=False))
+        _follow(s, survivors, stored)
         for label, sids in clusters.items():
             for sid in sids:
                 row = batch_rows.get(sid)
@@ -712,23 +717,49 @@ def _merge_evidence(n: _Neighbourhood, members: list[int], unions: list[tuple[fl
             **({"record": changed[0]} if changed else {})}
 
 
-def _merge(s: Session, survivor: str, absorbed: str, evidence: dict[str, Any], run_id: str | None) -> None:
-    """Golden record ``absorbed`` joins ``survivor`` (the older): everything follows, the id becomes an alias."""
-    for model in (SourceRow, IdentityKey, InteractionRow, ConsentEventRow):
-        s.exec(update(model).where(model.golden_id == absorbed).values(golden_id=survivor))
-    s.exec(update(GoldenAlias).where(GoldenAlias.golden_id == absorbed).values(golden_id=survivor))
-    g = s.get(GoldenRecord, absorbed)
-    if g is not None:
-        g.status, g.merged_into, g.updated_at = "merged", survivor, utcnow()
-        s.add(g)
-    s.add(GoldenAlias(alias_id=absorbed, golden_id=survivor))
-    s.add(MergeEvent(kind="merge", survivor_id=survivor, absorbed_id=absorbed, evidence=evidence, run_id=run_id))
-    s.add(ChangeEvent(golden_id=survivor, kind="merged", detail={"absorbed": absorbed}))
-    s.add(ChangeEvent(golden_id=absorbed, kind="merged", detail={"into": survivor}))
+def _merge(s: Session, merges: list[tuple[str, str, dict[str, Any]]], run_id: str | None) -> None:
+    """Each (absorbed, survivor, evidence): the absorbed golden record joins the survivor (the older),
+    everything follows and its id becomes an alias. A few statements per chunk of merges, whatever
+    their number; objects already in the session follow in :func:`_follow`."""
+    into = {g: survivor for g, survivor, _ in merges}
+    for part in _chunks(sorted(into)):
+        for model in (SourceRow, IdentityKey, InteractionRow, ConsentEventRow, GoldenAlias):
+            s.exec(update(model).where(model.golden_id.in_(part))
+                   .values(golden_id=case({g: into[g] for g in part}, value=model.golden_id))
+                   .execution_options(synchronize_session=False))
+        s.exec(update(GoldenRecord).where(GoldenRecord.golden_id.in_(part))
+               .values(status="merged", updated_at=utcnow(),
+                       merged_into=case({g: into[g] for g in part}, value=GoldenRecord.golden_id))
+               .execution_options(synchronize_session=False))
+    for g, survivor, evidence in merges:
+        s.add(GoldenAlias(alias_id=g, golden_id=survivor))
+        s.add(MergeEvent(kind="merge", survivor_id=survivor, absorbed_id=g, evidence=evidence, run_id=run_id))
+        s.add(ChangeEvent(golden_id=survivor, kind="merged", detail={"absorbed": g}))
+        s.add(ChangeEvent(golden_id=g, kind="merged", detail={"into": survivor}))
+
+
+def _follow(s: Session, survivors: dict[str, str], placed: dict[int, str]) -> None:
+    """Bring rows already loaded in the session in line with the bulk updates (one pass over it,
+    instead of every UPDATE searching the identity map)."""
+    if not survivors and not placed:
+        return
+    for obj in list(s.identity_map.values()):
+        if isinstance(obj, SourceRow):
+            new = placed.get(obj.id) or survivors.get(obj.golden_id)
+        elif isinstance(obj, (InteractionRow, ConsentEventRow)):
+            new = survivors.get(obj.golden_id)
+        elif isinstance(obj, GoldenRecord) and obj.golden_id in survivors:
+            set_committed_value(obj, "status", "merged")
+            set_committed_value(obj, "merged_into", survivors[obj.golden_id])
+            continue
+        else:
+            continue
+        if new and new != obj.golden_id:
+            set_committed_value(obj, "golden_id", new)
 
 
 def _insert_keys(session: Session, rows: list[tuple[int, tuple[str, str], str]]) -> None:
-    for part in _chunks(rows, 2000):
+    for part in _chunks(rows, 5000):
         session.exec(insert(IdentityKey), params=[{"kind": kind, "value": value, "source_id": sid, "golden_id": gid}
                                                   for sid, (kind, value), gid in part])
 
