@@ -57,6 +57,7 @@ def _lift_client_budgets() -> None:
 
     for k in connect.BUDGETS:
         connect.BUDGETS[k] = (1e9, 10**9)
+    connect.SEARCH_BUDGET = (1e9, 10**9)
     hubspot.search_budget_for = lambda host: RateBudget(1e9, 10**9)
 
 

@@ -301,6 +301,19 @@ class AuditEntry(SQLModel, table=True):
     at: datetime = _ts(default_factory=utcnow)
 
 
+class RateBucket(SQLModel, table=True):
+    """A vendor rate budget shared by every process using this store (a token bucket).
+
+    ``tokens`` may go negative: a caller that takes more than is left owes the difference and
+    waits it out, so concurrent workers queue up instead of all calling at once.
+    """
+
+    __tablename__ = "rate_bucket"
+    name: str = Field(primary_key=True, max_length=128)
+    tokens: float = 0.0
+    updated: float = 0.0  # epoch seconds of the last refill
+
+
 class ApiKey(SQLModel, table=True):
     """An API key: only its SHA-256 is stored; scopes is a space-separated list."""
 

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
         description="HMAC key for erasure tombstones; set a real secret in production",
     )
     loop_alarm_threshold: int = Field(default=3, description="echo bounces of one record before a loop alarm")
+    shared_budgets: bool | None = Field(
+        default=None, description="vendor rate budgets kept in the store and shared by every worker process; "
+                                  "default: on when the store is PostgreSQL (where several workers share it)")
 
     @property
     def resolved_database_url(self) -> str:
