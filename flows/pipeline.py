@@ -247,7 +247,13 @@ def split_windows(start: datetime, end: datetime, partitions: int) -> list[tuple
         raise ValueError("end must be after start")
     step = (end - start) / partitions
     bounds = [start + step * i for i in range(partitions)] + [end]
-    return [(f"{bounds[i]:%Y%m%dT%H%M%S}", bounds[i], bounds[i + 1]) for i in range(partitions)]
+    # The label names the window's checkpoint: to the microsecond, so windows narrower than a
+    # second (a short incremental range split many ways) never share one.
+    labels = [f"{b:%Y%m%dT%H%M%S.%f}" for b in bounds[:-1]]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{partitions} windows do not fit between {start:%Y-%m-%dT%H:%M:%S.%f} and "
+                         f"{end:%Y-%m-%dT%H:%M:%S.%f}; use fewer partitions")
+    return [(labels[i], bounds[i], bounds[i + 1]) for i in range(partitions)]
 
 
 def _await_runs(runs, labels: list[str], progress, system: str, stream: str) -> list[dict[str, Any]]:

@@ -258,3 +258,14 @@ def test_a_backfill_with_a_failing_window_ends_failed_naming_it_and_keeps_the_ot
     _, arts = flow_run_detail(state.state_details.flow_run_id)
     counts = next(a for a in arts if a.type == "table")
     assert any(r["stream"].startswith(f"contacts window {bad}") for r in table_rows(counts))
+
+
+def test_backfill_windows_are_gap_free_and_each_has_its_own_checkpoint_label_even_under_a_second():
+    start = datetime(2026, 11, 1, 12, 0, 0, tzinfo=timezone.utc)
+    for end, n in ((datetime(2026, 11, 2, tzinfo=timezone.utc), 8), (start.replace(microsecond=900_000), 4)):
+        windows = split_windows(start, end, n)
+        assert windows[0][1] == start and windows[-1][2] == end
+        assert all(a[2] == b[1] for a, b in zip(windows, windows[1:])), "no gap, no overlap"
+        assert len({label for label, _, _ in windows}) == n
+    with pytest.raises(ValueError, match="fewer partitions"):
+        split_windows(start, start.replace(microsecond=2), 4)
