@@ -11,7 +11,9 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from identity.store import GoldenAlias, GoldenRecord, IdentityKey, InteractionRow, OutboundLedger, SourceRow
+from identity.store import (ConsentEventRow, GoldenAlias, GoldenRecord, IdentityKey, InteractionRow, OutboundLedger,
+                            SourceRow)
+from mappings.engine import MappingConfigError, load_mapping
 from omnisync.model import normalize_email
 
 SYSTEM_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot", "zoom": "Zoom CC", "twilio": "Twilio",
@@ -69,7 +71,8 @@ def timeline_section(rows: list[InteractionRow]) -> list[str]:
     return lines
 
 
-def consent_section(g: GoldenRecord) -> list[str]:
+def consent_section(g: GoldenRecord, held: dict[tuple[str, str], set[str]] | None = None) -> list[str]:
+    """Golden consent per channel and purpose; under each opt-out, every system that holds it."""
     items = g.profile.get("consent") or []
     if not items:
         return ["Consent: nothing recorded"]
@@ -77,7 +80,39 @@ def consent_section(g: GoldenRecord) -> list[str]:
     for c in sorted(items, key=lambda c: (c["channel"], c["purpose"])):
         lines.append(f"  {c['channel']:6s} {c['purpose']:13s} {c['status']:10s} since {c['observed_at'][:16]} "
                      f"(from {SYSTEM_NAMES.get(c['source_system'], c['source_system'])})")
+        where = (held or {}).get((c["channel"], c["purpose"]))
+        if c["status"] == "opted_out" and where:
+            lines.append("         opted out in " + ", ".join(SYSTEM_NAMES.get(x, x) for x in sorted(where)))
     return lines
+
+
+def opt_outs_held(session: Session, golden_id: str) -> dict[tuple[str, str], set[str]]:
+    """Per (channel, purpose), the systems that hold the person's opt-out: those that told us (their
+    records and consent events) and those omnisync wrote it to (the outbound ledger, read through each
+    target's mapping file, and SendGrid's suppressions)."""
+    held: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for row in session.exec(select(SourceRow).where(SourceRow.golden_id == golden_id, SourceRow.kind == "profile",
+                                                    SourceRow.deleted.is_(False))):
+        for c in ((row.canonical or {}).get("profile") or {}).get("consent") or []:
+            if c.get("status") == "opted_out":
+                held[(c["channel"], c["purpose"])].add(row.system)
+    for ev in session.exec(select(ConsentEventRow).where(ConsentEventRow.golden_id == golden_id,
+                                                         ConsentEventRow.status == "opted_out")):
+        held[(ev.channel, ev.purpose)].add(ev.system)
+    for led in session.exec(select(OutboundLedger).where(OutboundLedger.key.like(f"{golden_id}|%"))):
+        vendor = (led.payload or {}).get("vendor") or {}
+        if led.target_stream == "suppressions":
+            held[("email", "marketing")].add(led.target_system)
+            continue
+        try:
+            mapping = load_mapping(led.target_system, led.target_stream)
+        except MappingConfigError:
+            continue
+        for fm in mapping.outbound_fields():
+            if fm.target.startswith("consent.") and str(vendor.get(fm.sources[0])).lower() == "true":
+                _, channel, purpose = fm.target.split(".")
+                held[(channel, purpose)].add(led.target_system)
+    return held
 
 
 def pushed_section(session: Session, golden_id: str, interaction_keys: list[str]) -> list[str]:
@@ -108,6 +143,6 @@ def story(session: Session, email: str) -> str:
     lines = golden_section(g)
     lines.append(f"  from {len(sources)} source records: " + ", ".join(
         sorted({f"{SYSTEM_NAMES.get(s.system, s.system)} {s.stream}" for s in sources})))
-    lines += [""] + timeline_section(its) + [""] + consent_section(g) + [""]
+    lines += [""] + timeline_section(its) + [""] + consent_section(g, opt_outs_held(session, gid)) + [""]
     lines += pushed_section(session, gid, [f"{i.system}:{i.external_id}" for i in its])
     return "\n".join(lines)
