@@ -20,6 +20,7 @@ threshold or names other files::
     dayfirst: false               # 03/04/1990 is 4 March when true
     threshold: 20                 # optional: overrides matching.yaml
     rules: path/to/rules.yaml     # optional: overrides identity/rules.yaml
+    weights: path/to/trained.yaml # optional: overrides identity/matching.yaml (omnisync train-matching)
 
 OUT.csv has one line per input row: its id and its cluster id (the id of the cluster's first
 row); an id starting like a spreadsheet formula (= + - @, tab, CR) is written with a leading ``'``.
@@ -61,7 +62,7 @@ def run(input_csv: str | Path, config_yaml: str | Path, out_csv: str | Path) -> 
     cfg = load_csv_config(config_yaml)
     columns = cfg["columns"]
     rules = load_rules(cfg["rules"]) if cfg.get("rules") else load_rules()
-    scorer = Scorer(load_config(), rules=rules, threshold=cfg.get("threshold"))
+    scorer = Scorer(load_config(cfg.get("weights")), rules=rules, threshold=cfg.get("threshold"))
     reader = RowReader(columns, rules=rules, region=cfg.get("region"), dayfirst=bool(cfg.get("dayfirst")))
     t0 = time.perf_counter()
     with open(input_csv, newline="", encoding="utf-8-sig") as fh:

@@ -37,6 +37,7 @@ single pair and a whole batch, so the two can never disagree.
 from __future__ import annotations
 
 import math
+import os
 import re
 import unicodedata
 from collections.abc import Container, Iterable, Mapping
@@ -518,8 +519,13 @@ class Decision:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
+def config_path() -> Path:
+    """The weights file in force: ``OMNISYNC_MATCHING_WEIGHTS`` (e.g. a trained one), else matching.yaml."""
+    return Path(os.environ.get("OMNISYNC_MATCHING_WEIGHTS") or CONFIG_PATH)
+
+
 def load_config(path: str | Path | None = None) -> dict[str, Any]:
-    with open(path or CONFIG_PATH, encoding="utf-8") as fh:
+    with open(path or config_path(), encoding="utf-8") as fh:
         return yaml.safe_load(fh)
 
 
@@ -747,14 +753,17 @@ def _sets_conflict(a: set, b: set, conflict: Any) -> bool:
     return any(all(conflict(x, y) for y in big) for x in small)
 
 
-_default: Scorer | None = None
+_default: tuple[Any, Scorer] | None = None
 
 
 def default_scorer() -> Scorer:
+    """A scorer for the rules and weights files in force, rebuilt when either changes."""
     global _default
-    if _default is None or _default.rules is not load_rules():
-        _default = Scorer()
-    return _default
+    rules, path = load_rules(), config_path()
+    key = (id(rules), str(path), path.stat().st_mtime)
+    if _default is None or _default[0] != key or _default[1].rules is not rules:
+        _default = (key, Scorer(load_config(path), rules=rules))
+    return _default[1]
 
 
 def score(a: Entity, b: Entity, stats: KeyStats | None = None) -> Decision:

@@ -181,6 +181,38 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reresolve(args: argparse.Namespace) -> int:
+    from identity.resolve import reresolve
+    from identity.store import session_scope
+    from omnisync.records import utcnow
+
+    run_id = f"reresolve-{utcnow():%Y%m%dT%H%M%S}"
+    with session_scope(_engine()) as s:
+        out = reresolve(s, reindex=not args.no_reindex, dry_run=args.dry_run, run_id=run_id)
+    print(json.dumps({"run_id": None if args.dry_run else run_id, "dry_run": args.dry_run, **out}, indent=2))
+    return 0
+
+
+def cmd_train_matching(args: argparse.Namespace) -> int:
+    from identity import training
+
+    if args.csv:
+        if not args.config:
+            print("train-matching --csv needs --config (the omnisync resolve column mapping)", file=sys.stderr)
+            return 2
+        entities, labels = training.csv_entities(args.csv, args.config, label_column=args.labels)
+        source = f"{len(entities):,} records of {Path(args.csv).name}" + (f" labelled by {args.labels}" if args.labels else "")
+    else:
+        entities, labels = training.generated_entities(args.sample, args.seed)
+        source = f"{len(entities):,} generated records (identity/truth.py, seed {args.seed}) with their truth"
+    cfg = training.train(entities, labels=labels, max_pairs=args.max_pairs, match_probability=args.match_probability)
+    training.write_config(cfg, args.out, source=source)
+    print(json.dumps({"out": args.out, "threshold": cfg["threshold"],
+                      "probability_two_random_records_match": cfg["probability_two_random_records_match"],
+                      "training": cfg["training"]}, indent=2))
+    return 0
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     from api.server import serve
 
@@ -286,6 +318,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_resolve)
+
+    s = sub.add_parser("reresolve", help="batch re-resolution of the whole store (merges/unmerges with events)")
+    s.add_argument("--dry-run", action="store_true", help="count what would change, write nothing")
+    s.add_argument("--no-reindex", action="store_true",
+                   help="keep the stored blocking keys and counts (only when they are known to be current)")
+    s.set_defaults(fn=cmd_reresolve)
+
+    s = sub.add_parser("train-matching", help="estimate matching weights with Splink and write a matching.yaml")
+    s.add_argument("--out", required=True, help="where to write the weights (e.g. identity/matching.yaml)")
+    s.add_argument("--sample", type=int, default=10_000, help="generated records to train on (default 10,000)")
+    s.add_argument("--seed", type=int, default=101)
+    s.add_argument("--csv", help="train on this export instead (unsupervised unless --labels)")
+    s.add_argument("--config", help="the omnisync resolve config mapping the CSV's columns")
+    s.add_argument("--labels", help="a CSV column saying who each row really is (supervised training)")
+    s.add_argument("--match-probability", type=float, default=0.99,
+                   help="without labels: the match probability the threshold stands for (default 0.99)")
+    s.add_argument("--max-pairs", type=float, default=5e6, help="random pairs sampled for u (default 5,000,000)")
+    s.set_defaults(fn=cmd_train_matching)
 
     s = sub.add_parser("api", help="serve the golden-record API, webhooks and the Customer 360 page")
     s.add_argument("--host", default="127.0.0.1")
