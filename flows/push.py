@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
+from sqlmodel import select
 
 from connectors.base import Connector, chunks
 from connectors.errors import AuthError, ConnectorError, QuotaExhaustedError
@@ -29,12 +30,13 @@ from identity.push import (
     StreamPlan,
     check_breaker,
     merge_key,
+    note_merge,
     record_attempts,
     record_outcomes,
     save_push_checkpoint,
 )
 from identity.runs import flag_run
-from identity.store import OutboundLedger, run_in_transaction
+from identity.store import DeadLetter, OutboundLedger, run_in_transaction
 from omnisync.privacy import mask_text
 from omnisync.records import fingerprint
 
@@ -58,6 +60,26 @@ class PushResult:
         self.counts.setdefault(f"{system}/{stream}", Counter())[key] += n
 
 
+def _dead_letter_once(session, *, system: str, stream: str, external_id: str | None, stage: str, reason: str,
+                      payload=None, run_id: str | None = None) -> None:
+    """One open letter per record and reason: a write refused again (planned again because the golden
+    record changed, or a loop alarm raised run after run) is one more attempt on the same letter,
+    so the dead-letter table does not depend on how many runs it took."""
+    masked = mask_text(reason)
+    q = select(DeadLetter).where(DeadLetter.resolved_at.is_(None), DeadLetter.system == system,
+                                 DeadLetter.stream == stream, DeadLetter.stage == stage, DeadLetter.reason == masked,
+                                 DeadLetter.external_id.is_(None) if external_id is None
+                                 else DeadLetter.external_id == external_id)
+    letter = session.exec(q.limit(1)).first()
+    if letter is None:
+        dead_letter(session, system=system, stream=stream, external_id=external_id, stage=stage, reason=reason,
+                    payload=payload, run_id=run_id)
+        return
+    letter.attempts += 1
+    letter.run_id = run_id or letter.run_id
+    session.add(letter)
+
+
 def execute_plan(engine: Engine, plan: PushPlan, connectors: dict[str, Connector], *, run_id: str | None = None,
                  force: bool = False, on_chunk: Callable[[PushResult], None] | None = None) -> PushResult:
     check_breaker(plan, force=force)
@@ -65,7 +87,7 @@ def execute_plan(engine: Engine, plan: PushPlan, connectors: dict[str, Connector
     if plan.alarms:
         def alarm(session):
             for a in plan.alarms:
-                dead_letter(session, system=a.system, stream=a.stream, external_id=a.external_id, stage="loop",
+                _dead_letter_once(session, system=a.system, stream=a.stream, external_id=a.external_id, stage="loop",
                             reason=f"{a.system}/{a.stream}/{a.external_id}: loop alarm: fields {', '.join(a.fields)} "
                                    f"re-written on consecutive runs; another system keeps changing them back. "
                                    f"Fix the field's direction or survivorship rule, then replay.",
@@ -110,12 +132,16 @@ def _merge(engine: Engine, conn: Connector, system: str, merges: list[tuple[str,
     done = 0
     for survivor, merged in merges:
         gid = golden_of.get((system, merged), "")
+        since_fp, ours = plan.merge_since.get((system, merged), (None, {}))
+        if ours:
+            run_in_transaction(lambda s, gid=gid, survivor=survivor, since_fp=since_fp, ours=ours: note_merge(
+                s, system, gid, survivor, since_fp, ours), engine)
         try:
             merge(survivor, merged)
         except (QuotaExhaustedError, AuthError):
             raise
         except ConnectorError as e:
-            run_in_transaction(lambda s, e=e, merged=merged: dead_letter(
+            run_in_transaction(lambda s, e=e, merged=merged: _dead_letter_once(
                 s, system=system, stream=MERGE_STREAM, external_id=merged, stage="push", run_id=run_id,
                 reason=f"{system}/merge/{merged} into {survivor}: {e}"), engine)
             continue
@@ -146,9 +172,9 @@ def _write_stream(engine: Engine, conn: Connector, sp: StreamPlan, result: PushR
             for o in outcomes:
                 if not o.ok and not o.retryable:
                     rec = by_key.get(o.key)
-                    dead_letter(session, system=sp.system, stream=sp.stream, external_id=o.external_id,
-                                stage="push", reason=f"{sp.system}/{sp.stream}/{o.external_id or o.key}: {o.error}",
-                                payload=rec.payload if rec else None, run_id=run_id)
+                    reason = f"{sp.system}/{sp.stream}/{o.external_id or o.key}: {o.error}"
+                    _dead_letter_once(session, system=sp.system, stream=sp.stream, external_id=o.external_id,
+                                      stage="push", reason=reason, payload=rec.payload if rec else None, run_id=run_id)
             return counts
 
         for status, n in run_in_transaction(record, engine).items():

@@ -545,9 +545,14 @@ def _store_one(session: Session, m: _Mapped, ledgers: list[OutboundLedger], coun
         flat_old, flat_new = _flat(row.canonical.get("profile")), _flat(mapped["profile"])
         changed = {k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k)}
         if not changed and not row.deleted:
+            # A change to fields omnisync does not map (our golden-id link, say) says nothing new:
+            # the record's facts keep the time they were observed.
+            facts, observed = _facts(row)
+            current = {k: v for k, v in (row.canonical or {}).items() if k != "facts"}
             row.payload, row.fingerprint, row.modified_at = r.payload, fp, modified
+            row.canonical = _with_facts(current, facts, observed, modified)
             session.add(row)
-            counts.bump(r.system, r.stream, "unchanged")  # a change to fields omnisync does not map
+            counts.bump(r.system, r.stream, "unchanged")
             return
         if not row.deleted:
             echo, mapped = _echo_or_facts(m, ledgers, mapping)

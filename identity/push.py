@@ -97,6 +97,9 @@ class PushPlan:
     alarms: list[LoopAlarm] = field(default_factory=list)
     merges: list[tuple[str, str, str]] = field(default_factory=list)  # (system, survivor, merged)
     merge_golden: dict[tuple[str, str], str] = field(default_factory=dict)  # (system, merged) -> golden id
+    # (system, merged) -> (survivor's fingerprint, vendor leaves of ours the merged record holds):
+    # a merge copies them into the survivor, where they are still our writes (see note_merge).
+    merge_since: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
     seq: int = 0  # change-feed position this plan covers
 
     def stream(self, system: str, stream: str) -> StreamPlan:
@@ -165,6 +168,32 @@ def golden_flat(golden: GoldenRecord) -> dict[str, Any]:
     flat = flatten_profile(golden.profile or {})
     flat["golden_id"] = golden.golden_id
     return flat
+
+
+def without_placeholders(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` without placeholder addresses and numbers (``test@test.com``, ``noemail@...``,
+    ``+15555555555``: the identity rules' protected values).
+
+    They stay in the golden record (a source holds them), but are never written as the person's
+    address: a target that keys or merges on them (HubSpot's unique email, Segment's email
+    external id) would tie strangers together, or refuse the write, depending on who came first.
+    """
+    from identity.rules import load_rules
+
+    rules = load_rules()
+    out = dict(flat)
+    for field_, kind in (("emails", "email"), ("phones", "phone")):
+        values = flat.get(field_)
+        if values:
+            out[field_] = [v for v in values if not rules.is_protected(kind, rules.key_value(kind, v) or "")]
+    return out
+
+
+def oldest_first(rows: list[SourceRow], created: str | None = None) -> list[SourceRow]:
+    """One system's duplicate records in the order a merge keeps them: a record the vendor held before
+    the one omnisync ``created``, then the vendor's own id order (CRM ids grow with time), never
+    the order we happened to read them in."""
+    return sorted(rows, key=lambda r: (r.external_id == created, len(r.external_id), r.external_id))
 
 
 def expected_fingerprint(mapping: Mapping, row: SourceRow | None, written: dict[str, Any]) -> str | None:
@@ -289,29 +318,38 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
     list_paths = {fm.sources[0]: fm.target for fm in mapping.outbound_fields() if fm.target in ("emails", "phones")}
     for g in active:
         flat = golden_flat(g)
-        desired = leaves(mapping.outbound(flat))
-        targets = sorted(rows_by_golden[g.golden_id], key=lambda r: r.id or 0)
+        written = without_placeholders(flat)
+        desired = leaves(mapping.outbound(written))
+        made = ledger.get(ledger_key(g.golden_id, None))
+        targets = oldest_first(rows_by_golden[g.golden_id], made.external_id if made is not None else None)
         if not targets:
             if not pol.get("create"):
                 continue
             need = pol.get("create_requires")
-            if need and not g.profile.get(need):
+            if need and not written.get(need):
                 continue
             key = ledger_key(g.golden_id, None)
             led = ledger.get(key)
             payload = {k: v for k, v in desired.items() if v not in (None, "")}
             if led is not None and led.fingerprint == fingerprint(payload):
                 continue  # created already; it shows up as a target once the next sync reads it
-            rec = OutboundRecord(key=key, payload=unflatten(payload), match=_match(mapping, flat, pol))
+            rec = OutboundRecord(key=key, payload=unflatten(payload), match=_match(mapping, written, pol))
             _add(sp, rec, payload, mapping, None, creates=True)
             continue
         if len(targets) > 1 and pol.get("duplicates") == "merge":
             done = _ledger(session, cache, system, MERGE_STREAM,
                            [merge_key(g.golden_id, r.external_id) for r in targets[1:]])
+            writable = {fm.sources[0] for fm in mapping.outbound_fields()}
             for loser in targets[1:]:
                 if merge_key(g.golden_id, loser.external_id) not in done:
                     plan.merges.append((system, targets[0].external_id, loser.external_id))
                     plan.merge_golden[(system, loser.external_id)] = g.golden_id
+                    if made is not None and loser.external_id == made.external_id:
+                        ours = {p: v for p, v in leaves(loser.payload or {}).items() if p in writable}
+                    else:
+                        led = ledger.get(ledger_key(g.golden_id, loser.external_id))
+                        ours = dict((led.payload or {}).get("vendor") or {}) if led is not None else {}
+                    plan.merge_since[(system, loser.external_id)] = (targets[0].fingerprint, ours)
             # The merged-away records vanish at the next read: write to the survivor only.
             targets = targets[:1]
         for row in targets:
@@ -362,7 +400,7 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
                     plan.alarms.append(LoopAlarm(system, stream, row.external_id, g.golden_id, sorted(change)))
                     continue
             rec = OutboundRecord(key=key, payload=unflatten(change), external_id=row.external_id,
-                                 match=_match(mapping, flat, pol))
+                                 match=_match(mapping, written, pol))
             _add(sp, rec, change, mapping, row, overwrite=overwrite, seen=current, since={**since, **change})
 
 
@@ -476,10 +514,15 @@ def _plan_activities(session: Session, plan: PushPlan, system: str, pol: dict[st
         return
     contact_of: dict[str, str] = {}
     if profile_stream and system != "segment":
-        # The oldest record is the survivor of a CRM merge: activities hang on it.
-        for row in sorted(_load(session, SourceRow, SourceRow.golden_id, golden_ids), key=lambda r: r.id or 0):
+        # The survivor of a CRM merge (oldest_first, as the profile plan picks it): activities hang on it.
+        rows_of: dict[str, list[SourceRow]] = defaultdict(list)
+        for row in _load(session, SourceRow, SourceRow.golden_id, golden_ids):
             if row.system == system and row.stream == profile_stream and not row.deleted:
-                contact_of.setdefault(row.golden_id, row.external_id)
+                rows_of[row.golden_id].append(row)
+        made = _ledger(session, cache, system, profile_stream, [ledger_key(g, None) for g in rows_of])
+        for gid, rows in rows_of.items():
+            created = made.get(ledger_key(gid, None))
+            contact_of[gid] = oldest_first(rows, created.external_id if created is not None else None)[0].external_id
     by_stream: dict[str, list[InteractionRow]] = defaultdict(list)
     for it in its:
         stream = routes.get(it.channel)
@@ -565,6 +608,28 @@ def record_attempts(session: Session, sp: StreamPlan, records: list[OutboundReco
         row.written_at = utcnow()
         session.add(row)
     return len(todo)
+
+
+def note_merge(session: Session, system: str, golden_id: str, survivor: str, since_fp: str | None,
+               ours: dict[str, Any]) -> None:
+    """Before asking a CRM to merge a duplicate into ``survivor``: what of ours the duplicate holds
+    (all of it when omnisync created it) may be copied into the survivor, so it is noted as written
+    to the survivor since the version we planned against (write-ahead, like record_attempts).
+    What we wrote ourselves to the survivor wins over it."""
+    stream = policy(system).get("profile_stream")
+    if not stream or not ours:
+        return
+    key = ledger_key(golden_id, survivor)
+    row = session.exec(select(OutboundLedger).where(OutboundLedger.target_system == system,
+                                                    OutboundLedger.target_stream == stream,
+                                                    OutboundLedger.key == key)).first()
+    row = row or OutboundLedger(target_system=system, target_stream=stream, key=key, fingerprint="",
+                                external_id=survivor)
+    p = dict(row.payload or {})
+    since = (p.get("since") or {}) if p.get("since_fp") == since_fp else {}
+    row.payload = {**p, "since": {**ours, **since}, "since_fp": since_fp}
+    row.written_at = utcnow()
+    session.add(row)
 
 
 def record_outcomes(session: Session, sp: StreamPlan, outcomes: list[WriteOutcome]) -> dict[str, int]:

@@ -123,11 +123,11 @@ def _push(engine, conn) -> None:
     execute_plan(engine, plan, {"zenith": conn})
 
 
-def _read_back(engine, conn):
+def _read_back(engine, conn, ext="z1"):
     with session_scope(engine) as s:
         counts = ingest_records(s, [r for page in conn.read("people") for r in page.records])
     with session_scope(engine) as s:
-        row = s.exec(select(SourceRow).where(SourceRow.system == "zenith")).one()
+        row = s.exec(select(SourceRow).where(SourceRow.system == "zenith", SourceRow.external_id == ext)).one()
         return counts, row.echo, row.pending
 
 
@@ -188,7 +188,7 @@ def test_a_real_edit_on_top_of_our_write_is_a_new_fact_and_only_the_edit_counts(
     counts, echo, pending = _read_back(engine, conn)
     assert counts.total("stored") == 1 and not echo and pending, "a user's edit is a new fact"
     with session_scope(engine) as s:
-        row = s.exec(select(SourceRow).where(SourceRow.system == "zenith")).one()
+        row = s.exec(select(SourceRow).where(SourceRow.external_id == "z1")).one()
         facts, observed = golden_mod.row_facts(row)
     assert _address(facts) == {"state": "WI", "country": "US"}, "zenith's own facts: its edit, not our street"
     assert observed == T0 + timedelta(hours=2)
@@ -215,3 +215,63 @@ def test_a_profile_we_created_through_another_stream_reads_back_as_our_echo_not_
         rows = [r.external_id for r in s.exec(select(SourceRow))]
     assert counts.total("echoes") == 1 and counts.total("stored") == 1 and counts.reconciles()
     assert rows == ["web-1"], "the web app's profile is a source; the one our write made is not"
+
+
+class MergingZenith(Zenith):
+    """Merges like a CRM: the survivor keeps its values and fills its blanks from the duplicate."""
+
+    def merge(self, survivor, merged):
+        kept, gone = self.people[survivor], self.people.pop(merged)
+        for k, v in gone.items():
+            if kept.get(k) in (None, ""):
+                kept[k] = v
+        self.stamps.pop(merged)
+        self.stamps[survivor] += timedelta(seconds=1)
+
+
+def test_a_merge_that_copies_our_created_duplicate_into_the_survivor_reads_back_as_our_echo(store_url, monkeypatch):
+    from identity.store import OutboundLedger
+    from omnisync.records import SourceRecord
+
+    own = planner.ownership()
+    merging = {**own, "systems": {**own["systems"], "zenith": {**own["systems"]["zenith"], "duplicates": "merge"}}}
+    monkeypatch.setattr(planner, "ownership", lambda: merging)
+    engine = get_engine(store_url)
+    zenith = {"first": "Zoe", "email": "zoe@example.com", "country": "US"}
+    # A record we created in zenith earlier, when the golden address still had a state.
+    ours = {"first": "Zoe", "email": "zoe@example.com", "state": "IL", "golden": GID}
+    with session_scope(engine) as s:
+        s.add(OutboundLedger(target_system="zenith", target_stream="people", key=f"{GID}|new", external_id="z2",
+                             fingerprint="f", payload={"vendor": ours, "since": ours, "since_fp": None}))
+        ingest_records(s, [SourceRecord(system=sys_, stream="people", external_id=ext, modified_at=T0, payload=p)
+                           for sys_, ext, p in (("acme", "a1", ACME), ("zenith", "z1", zenith),
+                                                ("zenith", "z2", ours))])
+    with session_scope(engine) as s:
+        s.add(GoldenRecord(golden_id=GID, profile={}))
+        for row in s.exec(select(SourceRow)):
+            row.golden_id, row.pending = GID, False
+            s.add(row)
+    _refresh(engine)
+    conn = MergingZenith({"z1": dict(zenith), "z2": dict(ours)})
+    _push(engine, conn)
+    assert "z2" not in conn.people and conn.people["z1"]["state"] == "IL", "the merge filled the survivor's blank"
+    conn.stamps["z1"] = T0 + timedelta(hours=2)
+    counts, echo, pending = _read_back(engine, conn)
+    assert counts.total("echoes") == 1 and echo and not pending, "our write and our duplicate's values: our echo"
+    with session_scope(engine) as s:
+        facts, observed = golden_mod.row_facts(s.exec(select(SourceRow).where(SourceRow.external_id == "z1")).one())
+    assert _address(facts) == {"country": "US"} and observed == T0, "zenith's own facts are untouched"
+
+
+def test_a_change_to_fields_we_do_not_map_keeps_the_time_the_facts_were_observed(store_url):
+    from omnisync.records import SourceRecord
+
+    engine = get_engine(store_url)
+    _seed(engine, ACME)
+    with session_scope(engine) as s:  # our golden-id link written, say: nothing mapped changed
+        counts = ingest_records(s, [SourceRecord(system="zenith", stream="people", external_id="z1",
+                                                 modified_at=T0 + timedelta(hours=3),
+                                                 payload={**ZENITH, "unmapped_note": "linked"})])
+    with session_scope(engine) as s:
+        facts, observed = golden_mod.row_facts(s.exec(select(SourceRow).where(SourceRow.external_id == "z1")).one())
+    assert counts.total("unchanged") == 1 and observed == T0, "it does not make zenith look more recent"

@@ -162,3 +162,63 @@ def test_a_push_cut_short_by_the_quota_is_finished_by_the_next_run_not_dead_lett
     assert all(p["first"] == f"New{k[1:]}" for k, p in conn.people.items())
     with session_scope(engine) as s:
         assert plan_push(s, ["acme"]).total == 0
+
+
+class _Refuses(FakeConnector):
+    """Refuses every create: the address already belongs to another record (as HubSpot answers)."""
+
+    def write(self, stream, records):
+        self.writes.append(list(records))
+        return [WriteOutcome(r.key, WriteStatus.failed, error="email rejected (OBJECT_ALREADY_EXISTS)")
+                for r in records]
+
+
+def test_a_write_refused_again_is_one_more_attempt_on_the_same_dead_letter(store_url):
+    engine = get_engine(store_url)
+    conn = _Refuses({})
+    with session_scope(engine) as s:
+        golden(s, "G1", "Lee", "lee@example.com")
+    for _ in range(2):  # planned again: the golden record changed in between, say
+        with session_scope(engine) as s:
+            plan = plan_push(s, ["acme"], full=True)
+        execute_plan(engine, plan, {"acme": conn})
+    assert len(conn.writes) == 2
+    with session_scope(engine) as s:
+        (letter,) = s.exec(select(DeadLetter)).all()
+    assert letter.attempts == 2 and "OBJECT_ALREADY_EXISTS" in letter.reason
+
+
+def test_placeholder_addresses_are_never_written_nor_used_to_create_a_record(store_url):
+    engine = get_engine(store_url)
+    with session_scope(engine) as s:
+        golden(s, "G1", "Luna", "none@none.com")  # the only address is a placeholder: nothing to key on
+        s.add(GoldenRecord(golden_id="G2", profile=CustomerProfile(
+            first_name="Mateo", emails=["test@test.com", "mateo@example.org"]).model_dump(mode="json")))
+    with session_scope(engine) as s:
+        plan = plan_push(s, ["acme"], full=True)
+    (rec,) = plan.streams[("acme", "people")].records
+    assert rec.key == "G2|new" and rec.payload["email"] == "mateo@example.org"
+    assert rec.match in ({"email": "mateo@example.org"}, {"golden": "G2"})
+
+
+def test_duplicates_merge_into_the_record_the_vendor_had_before_ours_whatever_the_read_order(store_url, monkeypatch):
+    engine = get_engine(store_url)
+    with session_scope(engine) as s:
+        golden(s, "G1", "Amara", "amara@example.com")
+        # the record omnisync created (p2) happened to be read before the vendor's own (p10)
+        for ext in ("p2", "p10"):
+            s.add(SourceRow(system="acme", stream="people", external_id=ext, modified_at=T0, fingerprint=ext,
+                            payload={"first": "Amara", "email": "amara@example.com", "golden": "G1"},
+                            canonical={"profile": CustomerProfile(first_name="Amara", emails=["amara@example.com"],
+                                                                  external_ids={"acme": ext}).model_dump(mode="json")},
+                            golden_id="G1", pending=False))
+        s.add(OutboundLedger(target_system="acme", target_stream="people", key="G1|new", external_id="p2",
+                             fingerprint="f", payload={"vendor": {"first": "Amara"}}))
+    own = planner.ownership()
+    merging = {**own, "systems": {"acme": {**own["systems"]["acme"], "duplicates": "merge"}}}
+    monkeypatch.setattr(planner, "ownership", lambda: merging)
+    with session_scope(engine) as s:
+        plan = plan_push(s, ["acme"], full=True)
+    assert plan.merges == [("acme", "p10", "p2")]
+    assert plan.merge_since[("acme", "p2")][1] == {"first": "Amara", "email": "amara@example.com", "golden": "G1"}, \
+        "what the created record holds is ours: copied into the survivor by the merge, it is still our write"
