@@ -182,8 +182,11 @@ def _norm(value: Any) -> Any:
     return value
 
 
-def vendor_census(info_path: Path) -> dict[str, Counter]:
-    """Per ``system/table``: a multiset of normalized vendor records (what an admin export holds)."""
+def vendor_census(info_path: Path, seeded: set[str] = frozenset()) -> dict[str, Counter]:
+    """Per ``system/table``: a multiset of normalized vendor records (what an admin export holds).
+
+    ``seeded``: the ids fresh sandboxes hold; other ids found in id lists (HubSpot's
+    ``hs_merged_object_ids``) were minted for records omnisync created and are compared as such."""
     info = json.loads(info_path.read_text())
     out: dict[str, Counter] = {}
     for system, entry in info.items():
@@ -194,12 +197,12 @@ def vendor_census(info_path: Path) -> dict[str, Counter]:
             items = rows.values() if isinstance(rows, dict) and table == "profiles" else rows
             if isinstance(items, dict):  # keyed by a minted id (Zoom's contact fields)
                 items = list(items.values())
-            out[f"{system}/{table}"] = Counter(json.dumps(_norm(_comparable(system, table, r)), sort_keys=True,
+            out[f"{system}/{table}"] = Counter(json.dumps(_norm(_comparable(system, table, r, seeded)), sort_keys=True,
                                                       default=str) for r in items)
     return out
 
 
-def _comparable(system: str, table: str, record: Any) -> Any:
+def _comparable(system: str, table: str, record: Any, seeded: set[str] = frozenset()) -> Any:
     """The part of a vendor record two correct runs must agree on.
 
     A Segment profile keeps every call it received: ``identify`` calls (profile updates) as well as
@@ -207,10 +210,16 @@ def _comparable(system: str, table: str, record: Any) -> Any:
     changed, so *how many* identifies a profile got follows in how many steps its data arrived
     (a quota that moves a HubSpot create to the next run adds an intermediate identify). Their net
     effect, the profile's ``traits`` and ``external_ids``, is compared; the track events are
-    compared one by one (a duplicate activity is a duplicate).
+    compared one by one (a duplicate activity is a duplicate). A HubSpot contact that absorbed one
+    omnisync created lists its id in ``hs_merged_object_ids``: that id is minted, so it is compared
+    as "a created one".
     """
     if system == "segment" and table == "profiles" and isinstance(record, dict):
         return {**record, "events": [e for e in record.get("events") or [] if e.get("type") != "identify"]}
+    merged = ((record.get("properties") or {}) if isinstance(record, dict) else {}).get("hs_merged_object_ids")
+    if system == "hubspot" and merged:  # which ids a contact absorbed: a created one is known by its kind only
+        ids = sorted(i if i in seeded else "<minted>" for i in str(merged).split(";") if i)
+        return {**record, "properties": {**record["properties"], "hs_merged_object_ids": ";".join(ids)}}
     return record
 
 
@@ -387,8 +396,8 @@ def baseline(root: Path, size: int) -> Baseline:
         secs += time.perf_counter() - t0
         if runs[-1]["status"] != "completed" or pushed_writes(runs[-1]):
             raise RuntimeError(f"the baseline did not reach a fixpoint in {MAX_RUNS} runs")
-        return Baseline(store_census(url, seeded), vendor_census(work / "sandboxes.json"), secs, len(runs), seeded,
-                        first)
+        return Baseline(store_census(url, seeded), vendor_census(work / "sandboxes.json", seeded), secs, len(runs),
+                        seeded, first)
     finally:
         cluster.stop()
 
@@ -437,7 +446,8 @@ def faults_trial(root: Path, size: int, base: Baseline, seed: int) -> Diff:
             cluster[name].set_faults(**{k: 0 for k in ("rate_429", "rate_5xx", "rate_timeout", "rate_truncate",
                                                         "latency_ms")})
         run_to_fixpoint()
-        d = compare(base.store, base.vendor, store_census(url, base.seeded), vendor_census(work / "sandboxes.json"))
+        d = compare(base.store, base.vendor, store_census(url, base.seeded),
+                    vendor_census(work / "sandboxes.json", base.seeded))
         d.lost += mid.lost + len(unexplained)
         d.duplicated = max(d.duplicated, mid.duplicated)
         d.notes = notes + mid.notes + d.notes
@@ -462,7 +472,8 @@ def sigkill_trial(root: Path, size: int, base: Baseline, seed: int) -> Diff:
         _, rerun = run_child(url, work)  # the re-run: a new process resumes from what the kill left
         # the child prints only its status: further runs to the fixpoint go in-process
         run_to_fixpoint()
-        d = compare(base.store, base.vendor, store_census(url, base.seeded), vendor_census(work / "sandboxes.json"))
+        d = compare(base.store, base.vendor, store_census(url, base.seeded),
+                    vendor_census(work / "sandboxes.json", base.seeded))
         d.notes.insert(0, f"kill at {kill_at:.2f} s ({'killed' if killed else 'finished first'})")
         return d
     finally:
@@ -493,7 +504,8 @@ def quota_trial(root: Path, size: int, base: Baseline, seed: int) -> Diff:
             with cluster[name].lock:
                 cluster[name].calls_used = 0
         run_to_fixpoint()
-        d = compare(base.store, base.vendor, store_census(url, base.seeded), vendor_census(work / "sandboxes.json"))
+        d = compare(base.store, base.vendor, store_census(url, base.seeded),
+                    vendor_census(work / "sandboxes.json", base.seeded))
         d.changed += problems
         d.notes = d_notes + d.notes
         return d
@@ -530,7 +542,8 @@ def concurrent_trial(root: Path, size: int, base: Baseline, seed: int, *, runs: 
             if p.returncode != 0:
                 failures.append(err.decode(errors="replace").strip().splitlines()[-1:] or ["exit %d" % p.returncode])
         run_to_fixpoint()
-        d = compare(base.store, base.vendor, store_census(url, base.seeded), vendor_census(work / "sandboxes.json"))
+        d = compare(base.store, base.vendor, store_census(url, base.seeded),
+                    vendor_census(work / "sandboxes.json", base.seeded))
         d.changed += len(failures)
         d.notes.insert(0, f"{runs} concurrent runs, {len(failures)} failed"
                           + (f": {failures[0][0][:300]}" if failures else ""))
