@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -86,6 +86,86 @@ def test_an_opt_out_in_the_target_is_never_replaced_by_an_opt_in(store_url):
     plan = hubspot_plan(engine)
     assert "hs_email_optout" not in written(plan, "h1"), "a weaker opt-in never overwrites an opt-out"
     assert str(written(plan, "h2")["hs_email_optout"]).lower() == "true", "an opt-out goes out"
+
+
+def test_sms_and_call_opt_outs_tick_hubspots_boxes_and_an_opt_in_never_unticks_them(store_url):
+    engine = get_engine(store_url)
+
+    def state(channel, status):
+        return {"channel": channel, "purpose": "marketing", "status": status, "observed_at": T0.isoformat(),
+                "source_system": "twilio" if channel == "sms" else "zoom", "source_record": "m1"}
+
+    with session_scope(engine) as s:
+        golden(s, "G1", emails=["h1@example.com"], first_name="Amara",
+               consent=[state("sms", "opted_out"), state("voice", "opted_out")])
+        hubspot_row(s, "h1", "G1", firstname="Amara", omnisync_sms_opt_out="false")  # unticked: no statement
+        golden(s, "G2", emails=["h2@example.com"], first_name="Lee", consent=[state("sms", "opted_in")])
+        hubspot_row(s, "h2", "G2", firstname="Lee", omnisync_sms_opt_out="true")
+    plan = hubspot_plan(engine)
+    sent = written(plan, "h1")
+    assert (str(sent["omnisync_sms_opt_out"]).lower(), str(sent["omnisync_do_not_call"]).lower()) == ("true", "true")
+    assert "omnisync_sms_opt_out" not in written(plan, "h2"), "an opt-in never unticks an opt-out"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "identity/push.py plans only golden records in the change feed: a target re-read with its opt-out box "
+    "unticked (a weaker statement: golden is unchanged) is not planned, so the box stays unticked until "
+    "golden changes or a full reconciliation. Fix there: also plan the golden ids of the target's profile "
+    "rows resolved (not as echoes) since its last push"))
+def test_a_box_unticked_in_the_target_after_the_opt_out_is_ticked_again_by_the_next_push(store_url):
+    from identity.push import save_push_checkpoint
+
+    engine = get_engine(store_url)
+    sms_out = [{"channel": "sms", "purpose": "marketing", "status": "opted_out", "observed_at": T0.isoformat(),
+                "source_system": "twilio", "source_record": "m1"}]
+    with session_scope(engine) as s:
+        golden(s, "G1", emails=["h1@example.com"], first_name="Amara", consent=sms_out)
+        hubspot_row(s, "h1", "G1", firstname="Amara", omnisync_sms_opt_out="true", omnisync_golden_id="G1")
+    with session_scope(engine) as s:  # that state was pushed: the change feed is consumed
+        save_push_checkpoint(s, "hubspot", s.exec(select(ChangeEvent.seq)).all()[-1])
+    with session_scope(engine) as s:  # then a HubSpot user unticks the box; the next sync reads it
+        row = s.exec(select(SourceRow).where(SourceRow.external_id == "h1")).one()
+        row.payload = {**row.payload, "properties": {**row.payload["properties"], "omnisync_sms_opt_out": "false"}}
+        rec = SourceRecord(system="hubspot", stream="contacts", external_id="h1", modified_at=T0, payload=row.payload)
+        row.canonical = {"profile": HUBSPOT.inbound(rec).model_dump(mode="json")}
+        row.fingerprint, row.resolved_at = "h1-unticked", datetime.now(timezone.utc)
+        s.add(row)
+    assert str(written(hubspot_plan(engine), "h1").get("omnisync_sms_opt_out")).lower() == "true"
+
+
+ZOOM = load_mapping("zoom", "address_book_contacts")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "identity/push.py compares each outbound field with what the target's record shows, and Zoom's contact "
+    "list never shows custom field values: the opt-out written when omnisync created the contact is written "
+    "again at every reconciliation (and the golden-id link too once a later write has its own ledger row), "
+    "counting towards a loop alarm. Fix there: a path absent from the stored payload is unknown, so trust "
+    "the ledger as for links, and read what was written at creation with what was written since"))
+def test_a_field_the_target_never_returns_is_not_rewritten_by_a_reconciliation(store_url):
+    engine = get_engine(store_url)
+    sms_out = [{"channel": "sms", "purpose": "marketing", "status": "opted_out", "observed_at": T0.isoformat(),
+                "source_system": "twilio", "source_record": "m1"}]
+    listed = {"contact_id": "z1", "display_name": "Amara Okafor", "first_name": "Amara", "last_name": "Okafor",
+              "phone_numbers": ["+14155550142"], "emails": [], "custom_fields_url": "https://zoom.example/cf"}
+    rec = SourceRecord(system="zoom", stream="address_book_contacts", external_id="z1", modified_at=T0, payload=listed)
+    with session_scope(engine) as s:
+        golden(s, "G1", first_name="Amara", last_name="Okafor", phones=["+14155550142"], consent=sms_out)
+        s.add(SourceRow(system="zoom", stream="address_book_contacts", external_id="z1", modified_at=T0,
+                        fingerprint="z1-listed", payload=listed, golden_id="G1", pending=False,
+                        canonical={"profile": ZOOM.inbound(rec).model_dump(mode="json")}))
+        # omnisync created the contact (ledger under the creation key), then later fixed its last name
+        s.add(OutboundLedger(target_system="zoom", target_stream="address_book_contacts", key="G1|new",
+                             external_id="z1", fingerprint="c", payload={"vendor": {
+                                 "first_name": "Amara", "last_name": "Okafr", "phone_numbers": "+14155550142",
+                                 "custom_fields.omnisync_sms_opt_out": "true",
+                                 "custom_fields.omnisync_golden_id": "G1"}}))
+        s.add(OutboundLedger(target_system="zoom", target_stream="address_book_contacts", key="G1|z1",
+                             external_id="z1", fingerprint="u", payload={"vendor": {"last_name": "Okafor"},
+                                                                         "row_fp": "z1-before"}))
+    with session_scope(engine) as s:
+        plan = plan_push(s, ["zoom"], full=True)
+    assert plan.summary() == [], "nothing changed: nothing to write"
 
 
 class MergingCRM(Connector):
@@ -251,21 +331,149 @@ def test_conflicting_changes_resolve_by_the_declared_rules_and_every_system_agre
     assert zoom.contacts[zc["contact_id"]]["first_name"] == chosen
 
 
+# --- consent: where each system keeps it, read straight from the sandboxes ------------------------
+
+def consent_everywhere(cluster, gid: str) -> dict[str, dict[str, object]]:
+    """Per system, the opt-out flags the person's records show now, by channel (True = opted out)."""
+    with session_scope(get_engine()) as s:
+        rows = list(s.exec(select(SourceRow).where(SourceRow.golden_id == gid, SourceRow.kind == "profile",
+                                                   SourceRow.deleted.is_(False))))
+    out: dict[str, dict[str, object]] = {}
+    contacts = cluster["hubspot"].stores["contacts"]
+    for r in rows:
+        if r.system == "hubspot":
+            obj = contacts.get(int(r.external_id))
+            props = obj.props if obj else {}
+            out["hubspot"] = {"email": props.get("hs_email_optout") == "true",
+                              "sms": props.get("omnisync_sms_opt_out") == "true",
+                              "voice": props.get("omnisync_do_not_call") == "true"}
+        if r.system == "salesforce" and r.stream == "contacts":
+            from sandbox.salesforce import parse_id
+
+            rec = cluster["salesforce"].tables["Contact"].get(parse_id(r.external_id)[1])
+            out["salesforce"] = {"email": bool(rec.fields.get("HasOptedOutOfEmail")),
+                                 "sms": bool(rec.fields.get("Omnisync_Sms_Opt_Out__c")),
+                                 "voice": bool(rec.fields.get("DoNotCall"))}
+    zoom = cluster["zoom"]
+    names = {f["custom_field_name"]: fid for fid, f in zoom.custom_fields.items()}
+    for cid, values in zoom.contact_fields.items():
+        if values.get(names.get("omnisync_golden_id")) == gid:
+            out["zoom"] = {"sms": values.get(names.get("omnisync_sms_opt_out")) == "true",
+                           "voice": values.get(names.get("omnisync_do_not_call")) == "true"}
+    traits = (cluster["segment"].lookup(f"user_id:{gid}") or {}).get("traits") or {}
+    if traits:
+        out["segment"] = {"email": traits.get("unsubscribed") is True, "sms": traits.get("sms_unsubscribed") is True,
+                          "voice": traits.get("do_not_call") is True}
+    return out
+
+
+def someone_everywhere(omnichannel, *, without: str) -> tuple[str, str]:
+    """A golden id and mobile number of a person with one Salesforce and one HubSpot contact and no
+    ``without`` consent statement yet (the push gives everyone with a number a Zoom contact and a
+    Segment profile). Chosen after a second run has read the first push's echoes, by Salesforce id,
+    so every run of the test picks the same person."""
+    omnichannel(systems=systems())
+    with session_scope(get_engine()) as s:
+        rows = list(s.exec(select(SourceRow).where(SourceRow.kind == "profile", SourceRow.deleted.is_(False))))
+        by_golden: dict[str, list[SourceRow]] = {}
+        for r in rows:
+            by_golden.setdefault(r.golden_id, []).append(r)
+        for sf in sorted((r for r in rows if r.system == "salesforce" and r.stream == "contacts"),
+                         key=lambda r: r.external_id):
+            mine = [r.system for r in by_golden.get(sf.golden_id, [])]
+            prof = (s.get(GoldenRecord, sf.golden_id).profile or {}) if sf.golden_id else {}
+            if mine.count("salesforce") == 1 and mine.count("hubspot") == 1 and prof.get("phones") and \
+                    prof.get("emails") and not any(c["channel"] == without for c in prof.get("consent") or []):
+                return sf.golden_id, prof["phones"][0]
+    raise AssertionError(f"the seed has no one in Salesforce and HubSpot without {without} consent")
+
+
+def golden_consent(gid: str, channel: str) -> dict:
+    with session_scope(get_engine()) as s:
+        return next(c for c in s.get(GoldenRecord, gid).profile["consent"] if c["channel"] == channel)
+
+
 @needs_resolver
 def test_an_email_opt_out_reaches_every_system_in_one_run(loop):
     cluster, omnichannel = loop
-    hs = cluster["hubspot"]
-    st = hs.stores["contacts"]
-    oid = next(i for i in st.ids(0, archived=False)
-               if st.get(i).props.get("email") and st.get(i).props.get("hs_email_optout") != "true")
-    email = st.get(oid).props["email"]
+    gid, _ = someone_everywhere(omnichannel, without="email")
+    with session_scope(get_engine()) as s:
+        emails = s.get(GoldenRecord, gid).profile["emails"]
+    email = emails[-1]
     sg = cluster.info()["sendgrid"]
     httpx.post(sg["base_url"] + "/v3/asm/suppressions/global", json={"recipient_emails": [email]},
-               headers={"Authorization": f"Bearer {sg['credentials']['api_key']}"})
+               headers={"Authorization": f"Bearer {sg['credentials']['api_key']}"}).raise_for_status()
     omnichannel(systems=systems())
-    assert st.get(oid).props["hs_email_optout"] == "true", "HubSpot's checkbox is set in the same run"
-    profs = [p for p in cluster["segment"].profiles.values() if p["traits"].get("email") == email]
-    assert all(p["traits"].get("unsubscribed") in (True, "true") for p in profs if "unsubscribed" in p["traits"])
+    assert golden_consent(gid, "email")["status"] == "opted_out"
+    where = consent_everywhere(cluster, gid)
+    assert {"hubspot", "salesforce", "segment"} <= set(where), where
+    assert {system: flags["email"] for system, flags in where.items() if "email" in flags} == \
+        {"hubspot": True, "salesforce": True, "segment": True}, "every system with a place for email consent"
+    assert set(emails) <= set(cluster["sendgrid"].unsubscribes), "SendGrid suppresses every address of hers"
+
+
+@needs_resolver
+def test_an_sms_stop_reaches_every_system_in_one_run_and_an_older_opt_in_never_undoes_it(loop):
+    cluster, omnichannel = loop
+    gid, mobile = someone_everywhere(omnichannel, without="sms")
+    tw = cluster.info()["twilio"]
+    stop_at = datetime.now(timezone.utc).replace(microsecond=0)
+    httpx.post(tw["base_url"] + "/_sandbox/inbound", json={"from": mobile, "body": "STOP", "at": stop_at.isoformat()},
+               verify=tw.get("ca_cert") or True).raise_for_status()
+    omnichannel(systems=systems())
+    assert golden_consent(gid, "sms")["status"] == "opted_out"
+    where = consent_everywhere(cluster, gid)
+    assert set(where) == {"hubspot", "salesforce", "zoom", "segment"}, where
+    assert {system: flags["sms"] for system, flags in where.items()} == \
+        {"hubspot": True, "salesforce": True, "zoom": True, "segment": True}, "the STOP is everywhere after one run"
+
+    # A START sent two minutes before the STOP, read only now (a late webhook, a delayed page): older, so
+    # it changes nothing, though it arrived last.
+    httpx.post(tw["base_url"] + "/_sandbox/inbound",
+               json={"from": mobile, "body": "START", "at": (stop_at - timedelta(minutes=2)).isoformat()},
+               verify=tw.get("ca_cert") or True).raise_for_status()
+    omnichannel(systems=systems())
+    omnichannel(systems=systems())  # our own writes come back and are recognized
+    assert golden_consent(gid, "sms")["status"] == "opted_out", "an older opt-in never overwrites an opt-out"
+    assert all(flags["sms"] for flags in consent_everywhere(cluster, gid).values())
+    before = write_calls(cluster)
+    again = omnichannel(systems=systems())
+    assert pushed_writes(again) == 0 and write_calls(cluster) == before, "a re-run writes nothing"
+    assert not (again.get("pushed") or {}).get("alarms")
+
+
+@needs_resolver
+def test_a_contact_center_do_not_call_reaches_the_crms_over_an_unticked_box(loop):
+    cluster, omnichannel = loop
+    gid, mobile = someone_everywhere(omnichannel, without="voice")
+    # A sales rep edits the contact and leaves DoNotCall unticked: no statement, not an opt-in.
+    sf_id = next(r.external_id for r in _rows(gid) if r.system == "salesforce")
+    sf = cluster.info()["salesforce"]
+    httpx.patch(f"{sf['base_url']}/_sandbox/sobjects/Contact/{sf_id}", json={"DoNotCall": False, "Title": "Buyer"},
+                verify=sf["ca_cert"]).raise_for_status()
+    # The customer calls the contact center and asks not to be called again.
+    zoom = cluster.info()["zoom"]
+    httpx.post(zoom["base_url"] + "/_sandbox/engagements",
+               json={"kind": "voice", "consumer_number": mobile, "queue": "Support", "agent": "Grace Obi",
+                     "disposition": "Do not call", "ago_seconds": 900, "talk_seconds": 120},
+               verify=zoom.get("ca_cert") or True).raise_for_status()
+    omnichannel(systems=systems())
+    dnc = golden_consent(gid, "voice")
+    assert (dnc["status"], dnc["source_system"]) == ("opted_out", "zoom")
+    where = consent_everywhere(cluster, gid)
+    assert {system: flags["voice"] for system, flags in where.items()} == \
+        {"hubspot": True, "salesforce": True, "zoom": True, "segment": True}, "the do-not-call is everywhere in one run"
+    omnichannel(systems=systems())  # our own writes come back and are recognized
+    assert golden_consent(gid, "voice")["status"] == "opted_out"
+    before = write_calls(cluster)
+    again = omnichannel(systems=systems())
+    assert pushed_writes(again) == 0 and write_calls(cluster) == before, "a re-run writes nothing"
+
+
+def _rows(gid: str) -> list[SourceRow]:
+    with session_scope(get_engine()) as s:
+        return list(s.exec(select(SourceRow).where(SourceRow.golden_id == gid, SourceRow.kind == "profile",
+                                                   SourceRow.deleted.is_(False))))
 
 
 @needs_resolver
