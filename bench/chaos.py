@@ -9,8 +9,10 @@ nothing). A trial is then compared with it by *content*, never by the pipeline's
 * the vendors: each sandbox's ``/_sandbox/export``, normalized to drop what differs between two
   uninterrupted runs anyway (wall-clock timestamps, generated ids, golden-id values), counted per
   table and compared as multisets, so one activity or message pushed twice is one "duplicated".
-  A Segment profile's log of ``identify`` calls is left out (its traits and external ids, their
-  net effect, are compared): see :func:`_comparable`.
+  Two things legitimately differ between correct runs whose data arrived in different steps, and
+  are compared by what they amount to (:func:`_comparable`): a Segment profile's log of
+  ``identify`` calls (its traits and external ids, their net effect, are compared), and the ids of
+  contacts omnisync created listed in HubSpot's ``hs_merged_object_ids`` (minted in creation order).
 
 Scenarios:
 
