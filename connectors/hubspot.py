@@ -54,7 +54,7 @@ PROPERTIES = {
     "contacts": ["email", "firstname", "lastname", "phone", "mobilephone", "company", "jobtitle", "date_of_birth",
                  "address", "city", "state", "zip", "country", "hs_language", "lifecyclestage", "hs_email_optout",
                  "hs_additional_emails", "createdate", "lastmodifieddate", "hs_object_id", "hs_merged_object_ids",
-                 "omnisync_golden_id"],
+                 "omnisync_sms_opt_out", "omnisync_do_not_call", "omnisync_golden_id"],
     "companies": ["name", "domain", "phone", "city", "state", "country", "createdate", "hs_lastmodifieddate",
                   "hs_object_id", "hs_merged_object_ids"],
     "calls": ["hs_timestamp", "hs_call_title", "hs_call_body", "hs_call_direction", "hs_call_duration",

@@ -88,7 +88,8 @@ SYSTEM_FIELDS = ["Id", "IsDeleted", "MasterRecordId", "CreatedDate", "LastModifi
 FIELDS = {
     "contacts": ["FirstName", "LastName", "Email", "Phone", "MobilePhone", "Title", "Birthdate", "MailingStreet",
                  "MailingCity", "MailingState", "MailingPostalCode", "MailingCountry", "LeadSource",
-                 "HasOptedOutOfEmail", "DoNotCall", "Omnisync_Golden_Id__c"],
+                 "HasOptedOutOfEmail", "DoNotCall", "Omnisync_Sms_Opt_Out__c", "Customer_Tier__c",
+                 "Omnisync_Golden_Id__c"],
     "leads": ["FirstName", "LastName", "Email", "Phone", "MobilePhone", "Company", "Title", "Street", "City", "State",
               "PostalCode", "Country", "Status", "LeadSource", "HasOptedOutOfEmail", "DoNotCall", "IsConverted",
               "ConvertedContactId", "Omnisync_Golden_Id__c"],
@@ -96,7 +97,7 @@ FIELDS = {
               "CallDisposition", "ActivityDate", "Status", "Omnisync_Interaction_Id__c", "Omnisync_Started_At__c"],
 }
 # Typed fields, to give CSV rows (Bulk API) the shape REST returns.
-BOOL_FIELDS = {"IsDeleted", "HasOptedOutOfEmail", "DoNotCall", "IsConverted"}
+BOOL_FIELDS = {"IsDeleted", "HasOptedOutOfEmail", "DoNotCall", "Omnisync_Sms_Opt_Out__c", "IsConverted"}
 INT_FIELDS = {"CallDurationInSeconds"}
 DATETIME_FIELDS = {"CreatedDate", "LastModifiedDate", "SystemModstamp", "Omnisync_Started_At__c"}
 STARTED_AT = "Omnisync_Started_At__c"

@@ -144,18 +144,9 @@ def _inbound_sources(system: str, stream: str) -> set[str]:
             if src != "$"}
 
 
-CONNECTOR_FIELDS_FIX = ("connectors/{}.py selects a hand-written field list ({}): the custom fields the mapping "
-                        "reads ({}) never come back, so what users set there never flows in. "
-                        "Fix there: add them, or build the list from the mapping's inbound sources")
-
-
 @pytest.mark.parametrize("system,stream", [
-    pytest.param("salesforce", "contacts", marks=pytest.mark.xfail(strict=True, reason=CONNECTOR_FIELDS_FIX.format(
-        "salesforce", "FIELDS", "Omnisync_Sms_Opt_Out__c, Customer_Tier__c"))),
-    ("salesforce", "leads"), ("salesforce", "tasks"),
-    pytest.param("hubspot", "contacts", marks=pytest.mark.xfail(strict=True, reason=CONNECTOR_FIELDS_FIX.format(
-        "hubspot", "PROPERTIES", "omnisync_sms_opt_out, omnisync_do_not_call"))),
-    ("hubspot", "calls"), ("hubspot", "emails"), ("hubspot", "communications"),
+    ("salesforce", "contacts"), ("salesforce", "leads"), ("salesforce", "tasks"),
+    ("hubspot", "contacts"), ("hubspot", "calls"), ("hubspot", "emails"), ("hubspot", "communications"),
 ])
 def test_the_connector_asks_the_vendor_for_every_field_the_mapping_reads(system, stream):
     if system == "salesforce":
