@@ -15,9 +15,21 @@ One run, one generated omnichannel data set with known truth (identity/truth.py)
    Time covers registration, training, prediction and clustering.
 3. **Single record**: a :class:`~identity.batch.MemoryIndex` over the large set minus 2,000 held-out
    records, then each held-out record read and matched: p50/p99 of the match, and of read+match.
+4. **Real-time resolve against a store** of 1,000,000 golden records, on SQLite and on PostgreSQL:
+   the store is filled by bulk SQL as the resolver would have left it (generated people, one golden
+   record each, every record's identity_key rows -- identifiers, blocking keys, values -- and the
+   match_term counts, built by the resolver's own functions), not through the resolver; then each
+   held-out record (a generated duplicate or newcomer, as a canonical profile) goes through
+   :func:`identity.resolve.decide`, the read path a sync or an API call takes: entity, key holders,
+   their records, counts, scoring. p50/p99 of the decision (target p99 under 2 ms), and whether it
+   chose the record's own person.
 
-Run: ``python -m bench.identity_bench`` (``--quick``: 10k and 100k). ``OMNISYNC_BENCH_SPLINK_MAX``
-caps the size Splink runs at (default: the small size; at 1M its training alone took 6 minutes here).
+Run: ``python -m bench.identity_bench`` (``--quick``: 10k and 100k, a store of 50,000). Sizes:
+``OMNISYNC_BENCH_SPLINK_MAX`` caps the size Splink runs at (default: the small size; at 1M its
+training alone took 6 minutes here); ``OMNISYNC_BENCH_STORE_GOLDENS`` sets the store size (default
+1,000,000; 50,000 quick), ``OMNISYNC_BENCH_STORE_BACKENDS`` the backends (``sqlite,postgresql``;
+PostgreSQL at ``OMNISYNC_TEST_PG_URL``, a scratch schema dropped afterwards), and
+``OMNISYNC_BENCH_STORE_ONLY=1`` skips parts 1-3.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import resource
 import statistics
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 from identity import truth
@@ -178,11 +191,196 @@ def _realtime(entities: list[Any], rows: list[dict[str, str]], scorer: Scorer) -
             "read_and_match_p50_us": pct(total_us, 50), "read_and_match_p99_us": pct(total_us, 99)}
 
 
+# --- real-time resolve against a store ---------------------------------------------------------
+
+STORE_CHUNK = 200_000  # generated records per fill chunk (each chunk its own seed and id prefix)
+STORE_PROBES = 2_000
+STORE_WARMUP = 200
+PG_URL = os.environ.get("OMNISYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def profile_of(row: dict[str, str]) -> dict[str, Any]:
+    """A generated row as a mapping would make it a canonical profile (unreadable values left out)."""
+    from datetime import date
+
+    from identity.matching import parse_birth_date
+    from omnisync.model import CustomerProfile, normalize_email, normalize_phone
+
+    emails, phones = [], []
+    for c in ("email", "email2"):
+        try:
+            if row[c].strip():
+                emails.append(normalize_email(row[c]))
+        except ValueError:
+            pass
+    for c in ("phone", "phone2"):
+        try:
+            if row[c].strip():
+                phones.append(normalize_phone(row[c], "US"))
+        except ValueError:
+            pass
+    dob = parse_birth_date(row["birth_date"]) if row["birth_date"] else None
+    addr = {k: row[c] or None for k, c in (("line1", "street"), ("city", "city"), ("state", "state"),
+                                           ("postcode", "postcode"))}
+    return CustomerProfile(first_name=row["first_name"] or None, last_name=row["last_name"] or None, emails=emails,
+                           phones=phones, cdp_user_id=row["cdp_user_id"] or None,
+                           birth_date=date(dob // 10000, dob // 100 % 100, dob % 100) if dob else None,
+                           addresses=[addr] if any(addr.values()) else []).model_dump(mode="json")
+
+
+def _store_url(backend: str) -> tuple[str, Any]:
+    import tempfile
+    import uuid
+
+    import sqlalchemy as sa
+
+    if backend == "sqlite":
+        d = tempfile.mkdtemp(prefix="omnisync-idbench-")
+        return f"sqlite:///{d}/store.db", lambda: __import__("shutil").rmtree(d, ignore_errors=True)
+    schema = f"idbench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as c:
+        c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+
+    def drop() -> None:
+        with admin.begin() as c:
+            c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+    return f"{PG_URL}?options=-csearch_path%3D{schema}", drop
+
+
+def fill_store(engine: Any, goldens: int, scorer: Scorer, probes: int) -> tuple[list[tuple], dict[str, Any]]:
+    """Bulk-load generated people (one golden record each) with everything resolution keeps about
+    them; return ``probes`` held-out records (system, external id, profile, golden id of their person
+    or None) and what was loaded."""
+    from datetime import datetime, timezone
+
+    from identity.matching import value_keys
+    from identity.resolve import POPULATION, store_entity, stored_keys, term_hash
+    from identity.store import GoldenRecord, IdentityKey, MatchTerm, SourceRow
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rules = scorer.rules
+    st, kt, gt = SourceRow.__table__, IdentityKey.__table__, GoldenRecord.__table__
+    sid = records = keys = 0
+    persons: set[str] = set()
+    terms: Counter = Counter()
+    held: list[tuple] = []
+    chunk = 0
+    start = time.perf_counter()
+    while len(persons) < goldens:
+        rows = truth.generate(STORE_CHUNK, seed=1000 + chunk)
+        prefix = f"c{chunk}-"
+        if chunk == 0:  # held out: incoming records, most of them someone the store already knows
+            held_rows, rows = rows[:probes], rows[probes:]
+        src, idk, gold = [], [], []
+        for r in rows:
+            person = prefix + r["person_id"]
+            if person not in persons:
+                if len(persons) >= goldens:
+                    continue
+                persons.add(person)
+                gold.append({"golden_id": f"g-{person}", "status": "active", "merged_into": None, "profile": {},
+                             "lineage": {}, "version": 1, "created_at": t0, "updated_at": t0})
+            sid += 1
+            ext = prefix + r["record_id"]
+            prof = profile_of(r)
+            e = store_entity(r["system"], "contacts", ext, prof, rules)
+            src.append({"id": sid, "system": r["system"], "stream": "contacts", "external_id": ext, "modified_at": t0,
+                        "deleted": False, "merged_into": None, "fingerprint": "f", "payload": {},
+                        "canonical": {"profile": prof}, "kind": "profile", "golden_id": f"g-{person}", "echo": False,
+                        "ingested_at": t0, "resolved_at": t0, "pending": False})
+            idk += [{"kind": k, "value": v, "source_id": sid, "golden_id": f"g-{person}"}
+                    for k, v in stored_keys(r["system"], ext, prof, e, rules)]
+            terms.update(value_keys(e))
+        with engine.begin() as c:
+            c.execute(gt.insert(), gold)
+            for i in range(0, len(src), 20_000):
+                c.execute(st.insert(), src[i:i + 20_000])
+            for i in range(0, len(idk), 100_000):
+                c.execute(kt.insert(), idk[i:i + 100_000])
+        records += len(src)
+        keys += len(idk)
+        if chunk == 0:
+            held = [(r["system"], prefix + r["record_id"], profile_of(r),
+                     f"g-{prefix}{r['person_id']}" if prefix + r["person_id"] in persons else None)
+                    for r in held_rows]
+        chunk += 1
+        print(f"  filled {len(persons):,} golden records, {records:,} records, {keys:,} keys "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    with engine.begin() as c:
+        mt = MatchTerm.__table__
+        items = [{"key": term_hash(k), "n": n} for k, n in terms.items()] + [{"key": POPULATION, "n": records}]
+        for i in range(0, len(items), 50_000):
+            c.execute(mt.insert(), items[i:i + 50_000])
+        if engine.dialect.name == "postgresql":
+            c.exec_driver_sql(f"SELECT setval(pg_get_serial_sequence('source_record', 'id'), {sid})")
+    with engine.connect() as c:  # planner statistics, as a live store has them
+        c.exec_driver_sql("ANALYZE")
+        c.commit()
+    return held, {"golden_records": len(persons), "records": records, "index_rows": keys,
+                  "fill_s": round(time.perf_counter() - start, 1)}
+
+
+def _store_realtime(backend: str, goldens: int, scorer: Scorer, probes: int = STORE_PROBES) -> dict[str, Any]:
+    from identity.resolve import decide
+    from identity.store import make_engine, session_scope
+    from identity.migrations import upgrade
+
+    url, cleanup = _store_url(backend)
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+        held, filled = fill_store(engine, goldens, scorer, probes + STORE_WARMUP)
+        warm, timed = held[:STORE_WARMUP], held[STORE_WARMUP:]
+        times: list[float] = []
+        outcome: Counter = Counter()
+        with session_scope(engine) as s:
+            for system, ext, prof, _ in warm:  # caches, prepared statements, the pool
+                decide(s, system, ext, prof)
+            for system, ext, prof, person in timed:
+                a = time.perf_counter_ns()
+                placed = decide(s, system, ext, prof)
+                times.append((time.perf_counter_ns() - a) / 1e6)
+                if placed.golden_id is None:
+                    outcome["new" if person is None else "new_but_known"] += 1
+                else:
+                    outcome["own_person" if placed.golden_id == person else "other_person"] += 1
+        q = statistics.quantiles(times, n=100)
+        return {**filled, "probes": len(timed), "p50_ms": round(q[49], 3), "p99_ms": round(q[98], 3),
+                "max_ms": round(max(times), 3), "outcome": dict(outcome)}
+    finally:
+        engine.dispose()
+        cleanup()
+
+
 def main(quick: bool = False) -> dict[str, Any]:
     small, large = (10_000, 100_000) if quick else (100_000, 1_000_000)
     splink_max = int(os.environ.get("OMNISYNC_BENCH_SPLINK_MAX", small))
     scorer = Scorer()
     results: dict[str, Any] = {"sizes": [small, large]}
+    if os.environ.get("OMNISYNC_BENCH_STORE_ONLY") != "1":
+        _batch_parts(results, small, large, splink_max, scorer)
+    goldens = int(os.environ.get("OMNISYNC_BENCH_STORE_GOLDENS", 50_000 if quick else 1_000_000))
+    for backend in os.environ.get("OMNISYNC_BENCH_STORE_BACKENDS", "sqlite,postgresql").split(","):
+        print(f"real-time resolve against a {backend} store of {goldens:,} golden records:", flush=True)
+        try:
+            rt = _store_realtime(backend, goldens, scorer)
+        except Exception as e:  # e.g. PostgreSQL not reachable: say so, keep the other figures
+            print(f"  skipped: {type(e).__name__}: {str(e)[:200]}")
+            results[f"store_realtime_{backend}"] = {"skipped": str(e)[:200]}
+            continue
+        results[f"store_realtime_{backend}"] = rt
+        print(f"  decide p50 {rt['p50_ms']} ms, p99 {rt['p99_ms']} ms (max {rt['max_ms']} ms) over {rt['probes']:,} "
+              f"held-out records; {rt['outcome']}; store filled in {rt['fill_s']} s "
+              f"({rt['records']:,} records, {rt['index_rows']:,} index rows)", flush=True)
+    results["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average at the end (2 cores; other work on the machine inflates every time): "
+          f"{results['load_average']}")
+    return results
+
+
+def _batch_parts(results: dict[str, Any], small: int, large: int, splink_max: int, scorer: Scorer) -> None:
     data: dict[int, tuple[list[dict[str, str]], list[Any]]] = {}
     for n in (small, large):
         rows = truth.generate(n, seed=42)
@@ -222,10 +420,8 @@ def main(quick: bool = False) -> dict[str, Any]:
     print(f"single record vs in-memory index of {rt['index_records']:,}: match p50 {rt['match_p50_us']} us, "
           f"p99 {rt['match_p99_us']} us; read+match p50 {rt['read_and_match_p50_us']} us, "
           f"p99 {rt['read_and_match_p99_us']} us (index built in {rt['index_build_s']} s)")
-    results["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    print(f"load average at the end (2 cores; other work on the machine inflates every time): "
-          f"{results['load_average']}")
-    return results
+    del data, rows, entities
+    gc.collect()
 
 
 if __name__ == "__main__":

@@ -265,7 +265,8 @@ def _phones(values: Iterable[str], rules: Rules, region: str, record: str,
 
 
 def _get(obj: Any, name: str) -> Any:
-    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+    # a plain dict first: an isinstance check against Mapping costs more than the lookup
+    return obj.get(name) if type(obj) is dict or isinstance(obj, Mapping) else getattr(obj, name, None)
 
 
 def _dob_of(value: Any) -> int:

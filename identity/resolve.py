@@ -42,6 +42,7 @@ that cannot be linked yet is retried by :func:`relink_orphans` after later profi
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections import Counter, defaultdict
@@ -50,7 +51,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, union_all, update
+from sqlalchemy import case, delete, insert, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
@@ -92,6 +93,22 @@ POPULATION = "*"  # match_term key of the number of live, resolved profile recor
 INF = 1 << 60
 FETCH_CAP = 10_000  # holders read per key at most (a kind without a limit)
 EVIDENCE_PAIRS = 5  # deciding pairs recorded per merge
+
+
+_TERM = "@term"
+# Key holders (at most %s per key), their records (each once), and counts of values, in one
+# statement of one shape: the keys come as two arrays, so PostgreSQL prepares it once per connection.
+_PG_FETCH = f"""
+WITH h AS (SELECT q.kind, q.value, k.source_id FROM unnest(%s::text[], %s::text[]) AS q(kind, value)
+           CROSS JOIN LATERAL (SELECT source_id FROM identity_key
+                               WHERE kind = q.kind AND value = q.value LIMIT %s) k)
+SELECT kind, value, source_id, NULL, NULL, NULL, NULL, NULL::json FROM h
+UNION ALL
+SELECT NULL, NULL, s.id, s.system, s.stream, s.external_id, s.golden_id, s.canonical
+FROM source_record s WHERE s.id IN (SELECT source_id FROM h) AND s.kind = 'profile' AND NOT s.deleted
+UNION ALL
+SELECT '{_TERM}', m.key, m.n, NULL, NULL, NULL, NULL, NULL FROM match_term m WHERE m.key = ANY(%s::text[])
+"""
 
 
 def new_golden_id() -> str:
@@ -233,8 +250,8 @@ class _Neighbourhood:
 
     def __init__(self, session: Session, rules: Rules | None = None, scorer: Scorer | None = None):
         self.s = session
-        self.rules = rules or load_rules()
         self.scorer = scorer or default_scorer()
+        self.rules = rules or self.scorer.rules
         self.secret = get_settings().tombstone_key.get_secret_value()
         self.ents: dict[int, Entity] = {}
         self.gid: dict[int, str | None] = {}
@@ -253,6 +270,12 @@ class _Neighbourhood:
         self.pairs_scored = 0
         self._keys: dict[int, list[tuple[str, str]]] = {}
         self.stats = KeyStats(_Counts(self), _Mixed(self), _Terms(self), 0)
+        if session.new or session.dirty:
+            session.flush()  # what follows reads through the connection, past the session
+        conn = session.connection()  # this transaction's connection: reads see its own writes
+        self.dbapi = conn.connection.dbapi_connection
+        self.ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        self.pg = conn.dialect.name == "postgresql"
 
     # keys ---------------------------------------------------------------------------------------
 
@@ -283,33 +306,64 @@ class _Neighbourhood:
         conflict = self.scorer.firsts_conflict
         return len(firsts) > 1 and any(conflict(a, b) for a in firsts for b in firsts if a < b)
 
-    def fetch(self, keys: Iterable[tuple[str, str]]) -> None:
-        """Read the holders of (key, kind) pairs not read yet: at most one more than the kind allows."""
+    def fetch(self, keys: Iterable[tuple[str, str]], *, rows: bool = False, terms_of: Iterable[int] = ()) -> None:
+        """Read the holders of (key, kind) pairs not read yet: at most one more than the kind allows;
+        with ``rows`` their records too, and the counts of ``terms_of``'s values. On PostgreSQL that
+        is one statement per chunk of keys, of one shape (arrays), so the server keeps its plan."""
         todo: dict[tuple[str, str], str] = {}
         for key, kind in keys:
             self.kind_of.setdefault(key, kind)
             if key not in self.holders and key not in self.over:
                 todo[(kind, _value_of(key, kind))] = key
+        terms = self._terms_wanted(terms_of)
         if not todo:
+            self._load_terms(terms)
             return
         cap = min(FETCH_CAP, max(self.threshold(kind) for kind, _ in todo) + 1)
         found: dict[str, set[int]] = {k: set() for k in todo.values()}
+        if self.pg:
+            for part in _chunks(sorted(todo)):
+                got: dict[str, int] = {}
+                for kind, value, sid, system, stream, ext, gid, canonical in self._sql(_PG_FETCH, [
+                        [k for k, _ in part], [v for _, v in part], cap, sorted(terms)]):
+                    if kind is None:  # a holder's record (each once)
+                        if rows and sid not in self.ents and sid not in self.batch:
+                            self._take(sid, system, stream, ext, gid, canonical)
+                    elif kind == _TERM:
+                        got[value] = sid
+                    else:
+                        key = todo.get((kind, value))
+                        if key is not None and sid not in self.batch:
+                            found[key].add(sid)
+                self._set_terms(terms, got)
+                terms = {}
+            self._settle(todo, found)
+            if rows:  # not live profile records (deleted since, or not a profile)
+                self.dead.update(x for f in found.values() for x in f if x not in self.ents)
+            return
         for part in _chunks(sorted(todo)):
             # One statement per chunk: a (kind = ? AND value IN ...) seek per kind, at most `cap`
             # holders per key (a switchboard's thousands are never read).
             by_kind: dict[str, list[str]] = defaultdict(list)
             for kind, value in part:
                 by_kind[kind].append(value)
-            sel = [select(IdentityKey.kind, IdentityKey.value, IdentityKey.source_id)
-                   .where(IdentityKey.kind == kind, IdentityKey.value.in_(values)) for kind, values in by_kind.items()]
-            u = (sel[0] if len(sel) == 1 else union_all(*sel)).subquery()
-            rn = func.row_number().over(partition_by=(u.c.kind, u.c.value)).label("rn")
-            inner = select(u.c.kind, u.c.value, u.c.source_id, rn).subquery()
-            for kind, value, sid in self.s.exec(select(inner.c.kind, inner.c.value, inner.c.source_id)
-                                                .where(inner.c.rn <= cap)):
+            arms, params = [], []
+            for kind, values in by_kind.items():
+                arms.append(f"SELECT kind, value, source_id FROM identity_key WHERE kind = {self.ph} "
+                            f"AND value IN ({', '.join([self.ph] * len(values))})")
+                params += [kind, *values]
+            sql = (f"SELECT kind, value, source_id FROM (SELECT kind, value, source_id, row_number() OVER "
+                   f"(PARTITION BY kind, value) AS rn FROM ({' UNION ALL '.join(arms)}) u) w WHERE rn <= {self.ph}")
+            for kind, value, sid in self._sql(sql, [*params, cap]):
                 key = todo.get((kind, value))
                 if key is not None and sid not in self.batch:
                     found[key].add(sid)
+        self._settle(todo, found)
+        if rows:
+            self.load_ids(x for k, f in found.items() if k not in self.over for x in f)
+        self._load_terms(terms)
+
+    def _settle(self, todo: dict[tuple[str, str], str], found: dict[str, set[int]]) -> None:
         for (kind, _), key in todo.items():
             if len(found[key]) > self.threshold(kind):
                 self.over.add(key)
@@ -318,25 +372,39 @@ class _Neighbourhood:
 
     # records ------------------------------------------------------------------------------------
 
-    def _read(self, where: Any) -> Iterator[tuple[int, str | None]]:
-        cols = (SourceRow.id, SourceRow.system, SourceRow.stream, SourceRow.external_id, SourceRow.golden_id,
-                SourceRow.canonical)
-        for sid, system, stream, ext, gid, canonical in self.s.exec(
-                select(*cols).where(where, SourceRow.kind == "profile", SourceRow.deleted.is_(False))):
-            if sid in self.batch:
-                continue
-            prof = (canonical or {}).get("profile")
-            if prof is None:
-                continue
-            if sid not in self.ents:
-                self.ents[sid] = store_entity(system, stream, ext, prof, self.rules)
-                self.gid[sid] = gid
-            yield sid, gid
+    def _sql(self, sql: str, params: list[Any]) -> list[tuple]:
+        """Run a statement written here, placeholders only (no value is ever spliced into SQL):
+        the read path is a few statements per record, and building them through the expression
+        language cost more than running them."""
+        cur = self.dbapi.cursor()
+        try:
+            cur.execute(sql, tuple(params))
+            return cur.fetchall()
+        finally:
+            cur.close()
+
+    def _take(self, sid: int, system: str, stream: str, ext: str, gid: str | None, canonical: Any) -> bool:
+        if isinstance(canonical, (str, bytes)):  # SQLite hands JSON back as text
+            canonical = json.loads(canonical)
+        prof = (canonical or {}).get("profile")
+        if prof is None:
+            return False
+        if sid not in self.ents:
+            self.ents[sid] = store_entity(system, stream, ext, prof, self.rules)
+            self.gid[sid] = gid
+        return True
+
+    def _read(self, column: str, values: list[Any]) -> Iterator[tuple[int, str | None]]:
+        sql = (f"SELECT id, system, stream, external_id, golden_id, canonical FROM source_record WHERE {column} IN "
+               f"({', '.join([self.ph] * len(values))}) AND kind = {self.ph} AND NOT deleted")
+        for sid, system, stream, ext, gid, canonical in self._sql(sql, [*values, "profile"]):
+            if sid not in self.batch and self._take(sid, system, stream, ext, gid, canonical):
+                yield sid, gid
 
     def load_ids(self, sids: Iterable[int]) -> None:
         todo = sorted(s for s in set(sids) if s not in self.ents and s not in self.dead and s not in self.batch)
         for part in _chunks(todo):
-            seen = {sid for sid, _ in self._read(SourceRow.id.in_(part))}
+            seen = {sid for sid, _ in self._read("id", part)}
             self.dead.update(set(part) - seen)
 
     def load_goldens(self, gids: Iterable[str]) -> None:
@@ -344,7 +412,7 @@ class _Neighbourhood:
         for g in todo:
             self.members[g] = set()
         for part in _chunks(todo):
-            for sid, gid in self._read(SourceRow.golden_id.in_(part)):
+            for sid, gid in self._read("golden_id", part):
                 self.members[gid].add(sid)
         for sid in self.batch:  # a batch record still belongs to its golden record until it is placed
             g = self.gid.get(sid)
@@ -352,22 +420,31 @@ class _Neighbourhood:
                 self.members[g].add(sid)
 
     def load_terms(self, sids: Iterable[int]) -> None:
+        """The counts of the values of ``sids`` (and the population), store plus batch."""
+        self._load_terms(self._terms_wanted(sids))
+
+    def _terms_wanted(self, sids: Iterable[int]) -> dict[str, str]:
         wanted = {k for s in sids if s in self.ents for k in value_keys(self.ents[s])} - self.terms.keys()
         if self.population is None:
             wanted.add(POPULATION)
-        if not wanted:
+        return {(POPULATION if k == POPULATION else _term_hash(k, self.secret)): k for k in wanted}
+
+    def _load_terms(self, hashed: dict[str, str]) -> None:
+        if not hashed:
             return
-        hashed = {(POPULATION if k == POPULATION else _term_hash(k, self.secret)): k for k in wanted}
         got: dict[str, int] = {}
         for part in _chunks(sorted(hashed)):
-            for key, n in self.s.exec(select(MatchTerm.key, MatchTerm.n).where(MatchTerm.key.in_(part))):
-                got[hashed[key]] = n
-        for k in wanted:
+            sql = f"SELECT key, n FROM match_term WHERE key IN ({', '.join([self.ph] * len(part))})"
+            got.update(self._sql(sql, part))
+        self._set_terms(hashed, got)
+
+    def _set_terms(self, hashed: dict[str, str], got: dict[str, int]) -> None:
+        for h, k in hashed.items():
             if k == POPULATION:
-                self.population = got.get(k, 0) + self.pop_delta
+                self.population = got.get(h, 0) + self.pop_delta
                 self.stats.population = max(self.population, 0)
             else:
-                self.terms[k] = got.get(k, 0) + self.term_delta.get(k, 0)
+                self.terms[k] = got.get(h, 0) + self.term_delta.get(k, 0)
 
     def keys_of(self, sid: int) -> list[tuple[str, str]]:
         keys = self._keys.get(sid)
@@ -375,10 +452,11 @@ class _Neighbourhood:
             keys = self._keys[sid] = entity_keys(self.ents[sid])
         return keys
 
-    def candidates(self, sids: Iterable[int]) -> set[int]:
-        """Records sharing a usable key with any of ``sids`` (their keys fetched first)."""
+    def candidates(self, sids: Iterable[int], *, terms_of: Iterable[int] = ()) -> set[int]:
+        """Records sharing a usable key with any of ``sids`` (their keys fetched first); the counts
+        of ``terms_of``'s values are read on the way."""
         sids = [s for s in sids if s in self.ents]
-        self.fetch(kv for s in sids for kv in self.keys_of(s))
+        self.fetch((kv for s in sids for kv in self.keys_of(s)), rows=True, terms_of=terms_of)
         out: set[int] = set()
         for s in sids:
             for key, _ in self.keys_of(s):
@@ -953,8 +1031,8 @@ def decide(session: Session, system: str, external_id: str, profile: CustomerPro
     probe = -1
     e = store_entity(system, stream, external_id, p, n.rules)
     n.add_batch(probe, e, None, had_keys=False)
-    cands = n.candidates([probe]) - {probe}
-    n.load_terms(cands | {probe})
+    # an exact agreement is on the probe's own values: only theirs are counted
+    cands = n.candidates([probe], terms_of=[probe]) - {probe}
     hits = []
     for c in cands:
         ok, w, _ = n.scorer.weigh(e, n.ents[c], n.stats)
