@@ -1,9 +1,9 @@
 """Probabilistic identity matching: normalized entities, blocking keys and a Fellegi-Sunter scorer.
 
-The real-time resolver (:mod:`identity.resolve`) links records on identifiers; this module adds
-the evidence identifiers cannot give (names with typos, birth dates, addresses) and is what batch
-resolution (:mod:`identity.batch`) and ``omnisync resolve`` run. One :class:`Scorer` serves a
-single pair and a whole batch, so the two can never disagree.
+Identifiers and the evidence they cannot give (names with typos, birth dates, addresses) weighed
+together: what batch resolution (:mod:`identity.batch`, ``omnisync resolve``) and the store's
+real-time resolver (:mod:`identity.resolve`, whose index holds :func:`index_keys`) both run. One
+:class:`Scorer` serves a single pair and a whole batch, so the paths can never disagree.
 
 * :class:`Entity` is one record reduced to comparable values: folded names, a birth date as
   ``yyyymmdd``, identifiers in their match form (:meth:`identity.rules.Rules.match_key`: junk such

@@ -577,6 +577,24 @@ def detach_sources(session: Session, rows: list[SourceRow]) -> int:
     return len(rows)
 
 
+def unindex(session: Session, source_ids: list[int]) -> int:
+    """Drop records' ``identity_key`` rows and take them out of the population counts, without
+    re-clustering anything: for records about to be deleted with their golden record (erasure).
+    Returns the number of records that were indexed."""
+    old = _old_keys(session, source_ids)
+    deltas: Counter = Counter()
+    for keys in old.values():
+        deltas.update(k for kind, k in keys if kind == "tf")
+    for part in _chunks(sorted(old)):
+        session.exec(delete(IdentityKey).where(IdentityKey.source_id.in_(part)))
+    secret = get_settings().tombstone_key.get_secret_value()
+    counts = {_term_hash(k, secret): -d for k, d in deltas.items()}
+    if old:
+        counts[POPULATION] = -len(old)
+    _upsert_terms(session, counts, add=True)
+    return len(old)
+
+
 def _old_keys(session: Session, sids: list[int]) -> dict[int, list[tuple[str, str]]]:
     out: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for part in _chunks(sorted(sids)):

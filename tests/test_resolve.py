@@ -338,3 +338,20 @@ def test_a_family_sharing_a_phone_and_address_is_not_merged(store):
     assert gids["mum-call"] == gids["mum"]  # her own call still finds her on the family line
     with session_scope(store.engine) as s:
         assert resolve_one(s, "twilio", "sms-1", {"first_name": "Kofi", "phones": ["+14045550177"]})[0] == gids["son"]
+
+
+def test_unindex_takes_records_out_of_the_index_and_the_population_counts(store):
+    from identity.resolve import POPULATION, term_hash, unindex
+    from identity.store import IdentityKey, MatchTerm
+
+    store.profile("hubspot", "1", first_name="Ines", last_name="Duarte", emails=["ines@x.example"])
+    store.profile("zoom", "2", first_name="Ines", phones=["+14155550131"])
+    store.resolve()
+    with session_scope(store.engine) as s:
+        assert s.get(MatchTerm, POPULATION).n == 2 and s.get(MatchTerm, term_hash("f|ines")).n == 2
+        sid = s.exec(select(SourceRow.id).where(SourceRow.external_id == "1")).one()
+        assert unindex(s, [sid]) == 1
+    with session_scope(store.engine) as s:
+        assert not s.exec(select(IdentityKey).where(IdentityKey.source_id == sid)).all()
+        assert s.get(MatchTerm, POPULATION).n == 1 and s.get(MatchTerm, term_hash("f|ines")).n == 1
+        assert s.get(MatchTerm, term_hash("l|duarte")).n == 0
