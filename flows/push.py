@@ -87,11 +87,12 @@ def execute_plan(engine: Engine, plan: PushPlan, connectors: dict[str, Connector
     if plan.alarms:
         def alarm(session):
             for a in plan.alarms:
-                _dead_letter_once(session, system=a.system, stream=a.stream, external_id=a.external_id, stage="loop",
-                            reason=f"{a.system}/{a.stream}/{a.external_id}: loop alarm: fields {', '.join(a.fields)} "
-                                   f"re-written on consecutive runs; another system keeps changing them back. "
-                                   f"Fix the field's direction or survivorship rule, then replay.",
-                            run_id=run_id)
+                _dead_letter_once(
+                    session, system=a.system, stream=a.stream, external_id=a.external_id, stage="loop",
+                    reason=f"{a.system}/{a.stream}/{a.external_id}: loop alarm: fields {', '.join(a.fields)} "
+                           f"re-written on consecutive runs; another system keeps changing them back. "
+                           f"Fix the field's direction or survivorship rule, then replay.",
+                    run_id=run_id)
             if run_id:
                 flag_run(session, run_id, f"loop alarm on {len(plan.alarms)} record(s)")
         run_in_transaction(alarm, engine)
@@ -104,12 +105,14 @@ def execute_plan(engine: Engine, plan: PushPlan, connectors: dict[str, Connector
             continue
         before = conn.api_calls
         try:
-            for (s, stream), sp in sorted(plan.streams.items()):
-                if s == system and sp.records:
-                    _write_stream(engine, conn, sp, result, run_id, on_chunk)
+            # Merges first: a duplicate still holding a unique value (the golden-id link of a record
+            # we created) would make the survivor's write fail until the next change.
             merges = [(survivor, merged) for s, survivor, merged in plan.merges if s == system]
             if merges:
                 result.merges += _merge(engine, conn, system, merges, plan, run_id)
+            for (s, stream), sp in sorted(plan.streams.items()):
+                if s == system and sp.records:
+                    _write_stream(engine, conn, sp, result, run_id, on_chunk)
         except (QuotaExhaustedError, ConnectorError) as e:  # PushIncomplete included
             result.failed_systems[system] = str(e)
             log.error("push to %s stopped: %s", system, e)

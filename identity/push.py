@@ -604,10 +604,18 @@ def record_attempts(session: Session, sp: StreamPlan, records: list[OutboundReco
         info = sp.ledger[rec.key]
         row = existing.get(rec.key) or OutboundLedger(target_system=sp.system, target_stream=sp.stream, key=rec.key,
                                                       fingerprint="", external_id=rec.external_id)
-        row.payload = {**(row.payload or {}), "since": info["since"], "since_fp": info["since_fp"]}
+        row.payload = {**(row.payload or {}), "since": _since(row, info), "since_fp": info["since_fp"]}
         row.written_at = utcnow()
         session.add(row)
     return len(todo)
+
+
+def _since(row: OutboundLedger, info: dict[str, Any]) -> dict[str, Any]:
+    """What was written since the version ``info`` was planned against: what the ledger noted for
+    that version meanwhile (a merge's write-ahead), then this write's own ``since``."""
+    p = row.payload or {}
+    noted = (p.get("since") or {}) if p.get("since_fp") == info.get("since_fp") else {}
+    return {**noted, **(info.get("since") or {})}
 
 
 def note_merge(session: Session, system: str, golden_id: str, survivor: str, since_fp: str | None,
@@ -646,7 +654,7 @@ def record_outcomes(session: Session, sp: StreamPlan, outcomes: list[WriteOutcom
         vendor = {**((row.payload or {}).get("vendor", {})), **info.get("vendor", {})}
         bounced = bool(row.payload) and any(p in (row.payload or {}).get("vendor", {}) for p in info.get("vendor", {}))
         row.payload = {"vendor": vendor, "seen": info.get("seen", {}), "row_fp": info.get("row_fp"),
-                       "expected": info.get("expected"), "since": info.get("since", {}),
+                       "expected": info.get("expected"), "since": _since(row, info),
                        "since_fp": info.get("since_fp")}
         row.fingerprint = fingerprint(vendor)
         row.inbound_fingerprint = info.get("expected")

@@ -275,3 +275,49 @@ def test_a_change_to_fields_we_do_not_map_keeps_the_time_the_facts_were_observed
     with session_scope(engine) as s:
         facts, observed = golden_mod.row_facts(s.exec(select(SourceRow).where(SourceRow.external_id == "z1")).one())
     assert counts.total("unchanged") == 1 and observed == T0, "it does not make zenith look more recent"
+
+
+class UniqueLink(MergingZenith):
+    """Keeps the golden-id link unique, like HubSpot's unique property: a write giving a record the
+    link another record holds is refused."""
+
+    def write(self, stream, records):
+        from omnisync.records import WriteOutcome, WriteStatus
+
+        out = []
+        for r in records:
+            link = r.payload.get("golden")
+            if link and any(k != r.external_id and p.get("golden") == link for k, p in self.people.items()):
+                out.append(WriteOutcome(r.key, WriteStatus.failed, r.external_id,
+                                        error="golden rejected (OBJECT_ALREADY_EXISTS)"))
+            else:
+                out += super().write(stream, [r])
+        return out
+
+
+def test_duplicates_are_merged_before_the_survivor_is_written_so_its_link_is_not_refused(store_url, monkeypatch):
+    from identity.store import DeadLetter, OutboundLedger
+    from omnisync.records import SourceRecord
+
+    own = planner.ownership()
+    merging = {**own, "systems": {**own["systems"], "zenith": {**own["systems"]["zenith"], "duplicates": "merge"}}}
+    monkeypatch.setattr(planner, "ownership", lambda: merging)
+    engine = get_engine(store_url)
+    ours = {"first": "Zoe", "email": "zoe@example.com", "golden": GID}  # created by us: it holds the link
+    with session_scope(engine) as s:
+        s.add(OutboundLedger(target_system="zenith", target_stream="people", key=f"{GID}|new", external_id="z2",
+                             fingerprint="f", payload={"vendor": ours, "since": ours, "since_fp": None}))
+        ingest_records(s, [SourceRecord(system=sys_, stream="people", external_id=ext, modified_at=T0, payload=p)
+                           for sys_, ext, p in (("acme", "a1", ACME), ("zenith", "z1", ZENITH),
+                                                ("zenith", "z2", ours))])
+    with session_scope(engine) as s:
+        s.add(GoldenRecord(golden_id=GID, profile={}))
+        for row in s.exec(select(SourceRow)):
+            row.golden_id, row.pending = GID, False
+            s.add(row)
+    _refresh(engine)
+    conn = UniqueLink({"z1": dict(ZENITH), "z2": dict(ours)})
+    _push(engine, conn)
+    assert conn.people == {"z1": COMPOSITE}, "merged, then written: the survivor holds the link and the address"
+    with session_scope(engine) as s:
+        assert not s.exec(select(DeadLetter)).all()
