@@ -607,6 +607,7 @@ def _old_keys(session: Session, sids: list[int]) -> dict[int, list[tuple[str, st
 def _resolve(session: Session, live: list[tuple[SourceRow, dict[str, Any]]], gone: list[SourceRow], *,
              run_id: str | None) -> dict[str, int]:
     n = _Neighbourhood(session)
+    _check_index(session)
     rows = {row.id: (row, p) for row, p in live}
     sids = list(rows) + [r.id for r in gone]
     old = _old_keys(session, sids)
@@ -633,6 +634,21 @@ def _resolve(session: Session, live: list[tuple[SourceRow, dict[str, Any]]], gon
     touched = counts.pop("_touched")
     counts.update(refresh(session, touched, run_id=run_id))
     return {k: v for k, v in counts.items() if v}
+
+
+_warned_index = False
+
+
+def _check_index(session: Session) -> None:
+    """A store resolved by an earlier version has identifiers indexed but no blocking keys or counts:
+    resolution still works on identifiers, and says once how to complete the index."""
+    global _warned_index
+    if _warned_index or session.get(MatchTerm, POPULATION) is not None:
+        return
+    if session.exec(select(IdentityKey.id).limit(1)).first() is not None:
+        _warned_index = True
+        log.warning("the store's match index has no blocking keys or population counts (resolved by an "
+                    "earlier version): run `omnisync reresolve` once to build them")
 
 
 def _close(n: _Neighbourhood, extra_goldens: set[str]) -> list[int]:
