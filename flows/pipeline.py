@@ -158,7 +158,7 @@ def omnichannel_sync(systems: list[str] | None = None, push: bool = True, force_
     report.counts_artifact(orchestrate.collect([summary]), key="omnichannel-counts",
                            title="Records per system and stream", pushed=summary["pushed"],
                            resolved=summary["resolved"], failed=summary["failed"])
-    report.merge_summary_artifact(get_engine(), run_id)
+    report.merge_summary_artifact(get_engine(), run_id, summary["resolved"])
     for q in summary["quota_stops"]:
         logger.warning("%s/%s stopped at its checkpoint (quota); resume after %s", q["system"], q["stream"],
                        q["resume_at"] or "the quota resets")

@@ -17,20 +17,30 @@ from identity.ingest import Counts
 from identity.store import MergeEvent, session_scope
 from omnisync.privacy import mask_text
 
-COLUMNS = ["read", "stored", "unchanged", "echoes", "dead_lettered", "suppressed", "deleted", "api_calls"]
+# Read rows: what came in (``merged`` = records the vendor merged away). Push rows ("<stream>
+# (push)"): what went out (``created``/``updated`` in the vendor, ``merged`` = CRM merges done).
+COLUMNS = ["read", "stored", "unchanged", "echoes", "dead_lettered", "suppressed", "deleted", "merged",
+           "created", "updated", "retry_next_run", "api_calls"]
 
 
 def counts_rows(counts: Counts, pushed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     rows = []
     for (system, stream), c in sorted(counts.by_stream.items()):
-        rows.append({"system": system, "stream": stream, **{k: int(c.get(k, 0)) for k in COLUMNS}})
+        row = {k: int(c.get(k, 0)) for k in COLUMNS}
+        row["merged"] = int(c.get("merged_away", 0))
+        rows.append({"system": system, "stream": stream, **row})
     for key, c in sorted(((pushed or {}).get("counts") or {}).items()):
         system, stream = key.split("/", 1)
-        rows.append({"system": system, "stream": f"{stream} (push)", "read": 0,
-                     "stored": int(c.get("created", 0)) + int(c.get("updated", 0)),
-                     "unchanged": int(c.get("unchanged", 0)), "echoes": 0,
-                     "dead_lettered": int(c.get("failed", 0)), "suppressed": 0, "deleted": 0,
-                     "api_calls": int(((pushed or {}).get("api_calls") or {}).get(system, 0))})
+        row = {k: 0 for k in COLUMNS}
+        row.update(created=int(c.get("created", 0)), updated=int(c.get("updated", 0)),
+                   stored=int(c.get("created", 0)) + int(c.get("updated", 0)), unchanged=int(c.get("unchanged", 0)),
+                   dead_lettered=int(c.get("failed", 0)) - int(c.get("retry_next_run", 0)),
+                   retry_next_run=int(c.get("retry_next_run", 0)), deleted=int(c.get("deleted", 0)),
+                   api_calls=int(((pushed or {}).get("api_calls") or {}).get(system, 0)))
+        rows.append({"system": system, "stream": f"{stream} (push)", **row})
+    merges = int((pushed or {}).get("merges") or 0)
+    if merges:
+        rows.append({"system": "*", "stream": "CRM merges (push)", **{k: 0 for k in COLUMNS}, "merged": merges})
     return rows
 
 
@@ -59,17 +69,28 @@ def plan_artifact(plan: Any) -> None:
                              key="push-plan", description="What the push-back writes, per system and field")
 
 
-def merge_summary(engine: Engine, run_id: str) -> str:
+RESOLUTION = [("placed_new", "records that founded a golden record"), ("joined", "records that joined one"),
+              ("merged", "golden records merged"), ("moved", "records moved out (unmerge)"),
+              ("unions_refused", "matches refused: conflicting names, protected or overused values"),
+              ("refused_evidence", "identifiers not taken as evidence"), ("detached", "deleted records detached")]
+
+
+def merge_summary(engine: Engine, run_id: str, resolved: dict[str, int] | None = None) -> str:
+    """Markdown: what resolution did (counts, conflicts refused) and the merges with their evidence kinds."""
     with session_scope(engine) as s:
         events = list(s.exec(select(MergeEvent).where(MergeEvent.run_id == run_id)))
+    head = []
+    if resolved:
+        head = ["**Resolution:** " + "; ".join(f"{label} {int(resolved.get(k, 0))}" for k, label in RESOLUTION
+                                              if resolved.get(k)) or "**Resolution:** nothing to resolve", ""]
     if not events:
-        return "No merges or unmerges in this run."
+        return "\n".join(head + ["**Merges:** 0, **unmerges:** 0"])
     kinds = Counter(e.kind for e in events)
     evidence = Counter()
     for e in events:
         for k in (e.evidence or {}).get("keys", []) or (e.evidence or {}).get("kinds", []) or []:
             evidence[str(k).split(":")[0]] += 1
-    lines = [f"**Merges:** {kinds.get('merge', 0)}, **unmerges:** {kinds.get('unmerge', 0)}", "",
+    lines = head + [f"**Merges:** {kinds.get('merge', 0)}, **unmerges:** {kinds.get('unmerge', 0)}", "",
              "| survivor | absorbed | evidence |", "|---|---|---|"]
     for e in events[:50]:
         ev = ", ".join(sorted({str(k).split(":")[0] for k in ((e.evidence or {}).get("keys") or
@@ -82,8 +103,8 @@ def merge_summary(engine: Engine, run_id: str) -> str:
     return "\n".join(lines)
 
 
-def merge_summary_artifact(engine: Engine, run_id: str) -> None:
-    create_markdown_artifact(markdown=merge_summary(engine, run_id), key="merge-summary",
+def merge_summary_artifact(engine: Engine, run_id: str, resolved: dict[str, int] | None = None) -> None:
+    create_markdown_artifact(markdown=merge_summary(engine, run_id, resolved), key="merge-summary",
                              description="Merges and conflicts of this run (no personal data)")
 
 

@@ -102,7 +102,8 @@ def test_omnichannel_flow_runs_named_tasks_and_publishes_counts_and_merges_witho
         assert r["api_calls"] > 0, r
     assert sum(r["stored"] for r in rows if "(push)" in r["stream"]) > 0, "the push-back shows in the table"
     assert "Reconciles: True" in by_key["omnichannel-counts"].description
-    assert "Merges:" in by_key["merge-summary"].data
+    merges = by_key["merge-summary"].data
+    assert "Merges:" in merges and "records that joined one" in merges, merges
     blob = json.dumps([a.data for a in arts]) + " ".join(a.description or "" for a in arts)
     assert not EMAIL.search(blob) and not PHONE.search(blob), "no personal data in artifacts"
     assert "Okafor" not in blob and "Amara" not in blob
@@ -224,8 +225,10 @@ def test_concurrent_backfill_windows_share_one_vendor_budget(tmp_path, monkeypat
         shared_429 = sum(1 for e in sb.log.entries if e[3] == 429)
         live = sb.summary()["contacts"]["live"]
     assert out.is_completed()
-    assert unshared_429 > 0, "eight private budgets together overrun the vendor's search limit"
-    assert shared_429 == 0, "the backfill's concurrent windows stayed within the vendor's limit together"
+    assert unshared_429 > 2, "eight private budgets together overrun the vendor's search limit"
+    # Paced at 4/s against a limit of 5 in any rolling second; on a loaded machine one request held
+    # up in flight can still land beside the next one: one 429 is jitter, a steady overrun is not.
+    assert shared_429 <= 1, "the backfill's concurrent windows stayed within the vendor's limit together"
     with session_scope(get_engine()) as s:
         stored = s.exec(select(func.count()).select_from(SourceRow).where(SourceRow.deleted.is_(False))).one()
     assert stored == live, "every window was read, none twice"
