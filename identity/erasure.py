@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import delete, or_
 from sqlmodel import Session, select
 
@@ -153,6 +154,9 @@ def erase_store(session: Session, golden_id: str) -> dict[str, int]:
     rows = person_sources(session, gids)
     source_ids = [r.external_id for r in rows]
     row_ids = [r.id for r in rows]
+    from identity.resolve import unindex
+
+    unindex(session, row_ids)  # out of the matcher's population and name counts too
     for i in range(0, len(row_ids), 500):
         session.exec(delete(IdentityKey).where(IdentityKey.source_id.in_(row_ids[i:i + 500])))
         session.exec(delete(SourceRow).where(SourceRow.id.in_(row_ids[i:i + 500])))
@@ -190,11 +194,13 @@ def erase_store(session: Session, golden_id: str) -> dict[str, int]:
     values = [v for _, v in idents]
     gone = 0
     if values:
-        for ev in session.exec(select(WebhookEvent)):
-            text = str(ev.payload)
-            if any(v in text or v.lstrip("+") in text for v in values):
-                session.delete(ev)
-                gone += 1
+        # Searched by the database (a scan of the bodies, not a load of every event into Python).
+        body = sa.cast(WebhookEvent.payload, sa.Text)
+        needles = {n for v in values for n in (v, v.lstrip("+")) if n}
+        match = or_(*[body.contains(n, autoescape=True) for n in sorted(needles)])
+        for ev in session.exec(select(WebhookEvent).where(match)):
+            session.delete(ev)
+            gone += 1
     counts["webhook_events"] = gone
 
     g = session.get(GoldenRecord, golden_id)

@@ -266,3 +266,30 @@ def test_hubspot_gdpr_delete_blocklists_the_address(world):
         hs.close()
     assert o.status.value == "failed" and "blocklist" in o.error
     assert re.search(re.escape(email), json.dumps(cluster["hubspot"].export())) is None
+
+
+def test_erasure_drops_the_webhook_bodies_that_name_the_person_and_keeps_the_others(store_url):
+    from datetime import datetime, timezone
+
+    from identity.store import GoldenRecord, IdentityKey, SourceRow, WebhookEvent, get_engine, session_scope
+
+    engine = get_engine(store_url)
+    at = datetime(2026, 11, 3, tzinfo=timezone.utc)
+    with session_scope(engine) as s:
+        s.add(GoldenRecord(golden_id="g-her"))
+        row = SourceRow(system="acme", stream="people", external_id="p1", modified_at=at, fingerprint="f",
+                        payload={}, canonical={}, golden_id="g-her")
+        s.add(row)
+        s.flush()
+        s.add(IdentityKey(kind="email", value="amara.okafor@example.com", source_id=row.id, golden_id="g-her"))
+        s.add(IdentityKey(kind="phone", value="+14155550142", source_id=row.id, golden_id="g-her"))
+        for i, body in enumerate([{"email": "amara.okafor@example.com", "event": "open"},
+                                  {"From": "14155550142", "Body": "STOP"},  # Twilio's form, no plus sign
+                                  {"email": "someone.else@example.com", "event": "open"},
+                                  {"email": "amara_okafor@example.com"}]):  # '_' is no wildcard
+            s.add(WebhookEvent(vendor="acme", event_id=f"e{i}", event_type="x", occurred_at=at, payload=body))
+    with session_scope(engine) as s:
+        counts = erasure.erase_store(s, "g-her")
+    with session_scope(engine) as s:
+        left = sorted(e.event_id for e in s.exec(select(WebhookEvent)))
+    assert counts["webhook_events"] == 2 and left == ["e2", "e3"]
