@@ -68,8 +68,10 @@ def _print_run(title: str, summary: dict[str, Any], seconds: float) -> None:
     resolved = summary.get("resolved") or {}
     print(f"\n== {title}: {summary['status']} in {seconds:.1f} s (run {summary['run_id']})")
     print("\n".join(_table(summary)))
-    interesting = {k: v for k, v in resolved.items() if v}
-    print("  identity: " + (", ".join(f"{k} {v:,d}" for k, v in sorted(interesting.items())) or "nothing new"))
+    from flows.report import RESOLUTION
+
+    said = [f"{label} {resolved[k]:,d}" for k, label in RESOLUTION if resolved.get(k)]
+    print("  identity: " + ("; ".join(said) or "nothing new"))
     pushed = summary.get("pushed") or {}
     if pushed.get("alarms"):
         print(f"  loop alarms: {pushed['alarms']} (see dead letters, stage loop)")
