@@ -4,6 +4,10 @@ Every httpx-based connector talks to its vendor through one :class:`HttpLayer`; 
 only describe *what* to fetch. SDK-based connectors (Salesforce, HubSpot) reuse :func:`with_retries`
 and :class:`RateBudget` around their SDK calls so the retry and budget policy is the same everywhere.
 
+OAuth: :class:`TokenSource` holds one access token per connector (fetched on first use, reused
+until shortly before it expires, renewed when the vendor refuses it), :func:`fetch_token` asks a
+vendor's token endpoint for one, and :class:`BearerAuth` puts it on every httpx request.
+
 Pagination is a small object per style (:class:`NextUrlPaging`, :class:`TokenPaging`) driven by
 :func:`paginate`, which guards against a vendor returning a cursor it already returned.
 """
@@ -11,6 +15,7 @@ Pagination is a small object per style (:class:`NextUrlPaging`, :class:`TokenPag
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import logging
 import threading
 import time
@@ -32,6 +37,7 @@ from tenacity import (
 )
 
 from connectors.errors import (
+    AuthError,
     BadRequestError,
     ConnectorError,
     PaginationLoopError,
@@ -39,6 +45,7 @@ from connectors.errors import (
     TransientError,
     error_for,
 )
+from omnisync.privacy import mask_text
 
 log = logging.getLogger("omnisync.http")
 T = TypeVar("T")
@@ -164,6 +171,161 @@ class RateBudget:
                 self._tokens = min(self._tokens, -window_reset_s * self.rate)
             elif remaining < self._tokens:
                 self._tokens = float(remaining)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token endpoint's answer: the token, its lifetime in seconds (None: until refused) and
+    whatever else the vendor said (Salesforce's ``instance_url``)."""
+
+    value: str = field(repr=False)
+    lifetime: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class TokenSource:
+    """One OAuth access token, shared by every thread of a connector.
+
+    ``fetch`` asks the vendor for a new token (None: the token is static, e.g. a session id given
+    by hand, and cannot be renewed). The token is fetched on first use and reused until shortly
+    before its lifetime ends (a tenth of it, at most ``early`` seconds), so a long sync renews it
+    between requests rather than after a refusal. :meth:`renew` replaces a token the vendor refused
+    (revoked, or expired early); threads that all saw the same refusal cause one fetch, not one
+    each. The token never appears in ``repr`` or in any message.
+    """
+
+    def __init__(self, fetch: Callable[[], IssuedToken] | None, *, initial: str | None = None,
+                 early: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        if fetch is None and not initial:
+            raise ValueError("a TokenSource needs a way to fetch tokens or an initial token")
+        self._fetch = fetch
+        self._clock = clock
+        self._early = early
+        self._lock = threading.Lock()
+        self._value: str | None = initial
+        self._refresh_at: float | None = None
+        self.extra: dict[str, Any] = {}
+        self.fetches = 0
+        self.renewals = 0
+
+    def __repr__(self) -> str:
+        return f"TokenSource(fetches={self.fetches}, renewals={self.renewals})"
+
+    @property
+    def renewable(self) -> bool:
+        return self._fetch is not None
+
+    def current(self) -> str:
+        """The token to send now, fetched first when there is none or it is about to expire."""
+        with self._lock:
+            if self._value is None or (self._refresh_at is not None and self._clock() >= self._refresh_at):
+                self._get()
+            return self._value  # type: ignore[return-value]
+
+    def renew(self, refused: str) -> str | None:
+        """A new token in place of ``refused``; None when tokens cannot be renewed. A token another
+        thread already fetched after the same refusal is returned as is."""
+        with self._lock:
+            if self._value != refused and self._value is not None:
+                return self._value
+            if self._fetch is None:
+                return None
+            self.renewals += 1
+            self._get()
+            return self._value
+
+    def _get(self) -> None:
+        assert self._fetch is not None, "a static token that expired is refused by the vendor, not here"
+        issued = self._fetch()
+        self.fetches += 1
+        now = self._clock()
+        self._value = issued.value
+        self.extra = dict(issued.extra)
+        life = issued.lifetime
+        self._refresh_at = None if life is None else now + life - min(self._early, life / 10)
+
+
+_SHARED: dict[tuple[str, ...], TokenSource] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_tokens(url: str, client_id: str, secret: str, fetch: Callable[[], IssuedToken]) -> TokenSource:
+    """The process's one :class:`TokenSource` for an OAuth client.
+
+    Connectors made one after another (each flow run, task or push) reuse its token rather than
+    ask for a new one each: vendors cap how many live tokens one client may hold, and a token
+    request per connector would double the calls of a short sync. The client is keyed by token URL,
+    client id and a digest of the secret (a rotated secret is a new client)."""
+    key = (url, client_id, hashlib.sha256(secret.encode()).hexdigest())
+    with _SHARED_LOCK:
+        source = _SHARED.get(key)
+        if source is None:
+            source = _SHARED[key] = TokenSource(fetch)
+        return source
+
+
+class BearerAuth(httpx.Auth):
+    """``Authorization: Bearer`` from a :class:`TokenSource`. A response ``expired(response)``
+    calls a refused token gets one new token and the request is sent once more; a second refusal
+    is the caller's to report (the credentials themselves are wrong or revoked)."""
+
+    requires_response_body = True
+
+    def __init__(self, tokens: TokenSource, *, expired: Callable[[httpx.Response], bool] | None = None):
+        self.tokens = tokens
+        self.expired = expired or (lambda r: r.status_code == 401)
+
+    def auth_flow(self, request: httpx.Request):
+        token = self.tokens.current()
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if self.tokens.renewable and self.expired(response):
+            fresh = self.tokens.renew(token)
+            if fresh is not None:
+                request.headers["Authorization"] = f"Bearer {fresh}"
+                yield request
+
+
+def fetch_token(*, system: str, url: str, form: dict[str, str], basic: tuple[str, str] | None = None,
+                verify: Any = True, timeout: float = 30.0, refused: str,
+                transport: httpx.BaseTransport | None = None) -> IssuedToken:
+    """POST a token request (OAuth 2.0 client credentials, or a vendor's variant of it).
+
+    A refusal (4xx) is an :class:`AuthError` carrying the vendor's error code and description and
+    ``refused`` (what the user should fix); 429, 5xx and transport faults are transient, for the
+    caller's retries. Neither the secret nor the token is ever part of a message.
+    """
+    try:
+        with httpx.Client(verify=verify, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                          transport=transport) as client:
+            resp = client.post(url, data=form, auth=basic, headers={"Accept": "application/json"})
+    except httpx.TimeoutException as e:
+        raise TransientError("timed out asking for an access token", system=system) from e
+    except httpx.TransportError as e:
+        raise TransientError(f"connection failed asking for an access token: {type(e).__name__}",
+                             system=system) from e
+    if resp.status_code == 429 or resp.status_code >= 500:
+        raise error_for(resp.status_code, "token endpoint unavailable", system=system,
+                        retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if resp.status_code >= 400:
+        body = body if isinstance(body, dict) else {}
+        code = str(body.get("error") or "") or None
+        why = str(body.get("error_description") or body.get("reason") or "no reason given")
+        raise AuthError(f"the token endpoint refused the client credentials: {code or 'error'} "
+                        f"({mask_text(why)[:120]})", system=system, status=resp.status_code, code=code,
+                        action=refused)
+    if not isinstance(body, dict) or not body.get("access_token"):
+        raise TransientError("the token endpoint answered without an access token", system=system)
+    try:
+        lifetime = float(body["expires_in"]) if body.get("expires_in") is not None else None
+    except (TypeError, ValueError):
+        lifetime = None
+    extra = {k: v for k, v in body.items() if k not in ("access_token", "refresh_token", "id_token", "signature")}
+    return IssuedToken(str(body["access_token"]), lifetime, extra)
 
 
 @dataclass

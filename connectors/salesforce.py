@@ -29,6 +29,15 @@ which come in no particular order, are tied to the inputs by the key column each
 confirms what it wrote; the rest is reported not written, retryable unless Salesforce refused the
 data itself. ``Sforce-Limit-Info`` feeds the daily budget; the sync stops cleanly before the
 allocation is spent, and a bulk job is not started when the allocation cannot finish it.
+
+Auth is the OAuth 2.0 client credentials flow of a connected app (``POST
+{instance_url}/services/oauth2/token``): the SDK runs in session-id mode (its own login flows only
+reach salesforce.com), and the HTTP session under it puts the current access token on every request,
+REST, queryMore and Bulk 2.0 alike. Salesforce names no lifetime (a session ends after the org's
+idle timeout, two hours by default), so the token, one per connected app and process, is kept
+until a call is refused ``401 INVALID_SESSION_ID``: then a new one is fetched, the SDK's own session
+id updated, and the call sent again, once. A static ``session_id`` still works, until Salesforce
+refuses it.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ import csv
 import io
 import json
 import re
+import ssl
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -58,7 +69,15 @@ from connectors.errors import (
     TransientError,
     error_for,
 )
-from connectors.http import RateBudget, RetryPolicy, with_retries
+from connectors.http import (
+    IssuedToken,
+    RateBudget,
+    RetryPolicy,
+    TokenSource,
+    fetch_token,
+    shared_tokens,
+    with_retries,
+)
 from omnisync.privacy import mask_text
 from omnisync.records import Cursor, OutboundRecord, Page, SourceRecord, WriteOutcome, WriteStatus
 
@@ -107,6 +126,17 @@ EXTERNAL_ID = {"contacts": "Omnisync_Golden_Id__c", "leads": "Omnisync_Golden_Id
 # Only calls and emails are customer interactions; other Tasks are reps' to-dos.
 TASK_FILTER = " AND TaskSubtype IN ('Call', 'Email')"
 RETRYABLE_CODES = {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "UNKNOWN_EXCEPTION"}
+TOKEN_PATH = "/services/oauth2/token"
+WHERE_CREDENTIALS = ("the credentials block omnisync-salesforce (or OMNISYNC_SALESFORCE_CLIENT_ID and "
+                     "OMNISYNC_SALESFORCE_CLIENT_SECRET)")
+CLIENT_REFUSED = (f"Check the connected app's client_id (consumer key) and client_secret in {WHERE_CREDENTIALS}, that "
+                  "instance_url is the org's My Domain URL, and that the app's client credentials flow is enabled "
+                  "with a run-as user.")
+SESSION_REFUSED = ("A session just issued by the client credentials flow was refused: check that the connected app's "
+                   f"run-as user is active and has the API Enabled permission, and {WHERE_CREDENTIALS}.")
+STATIC_REFUSED = ("The session_id in the credentials was refused (Salesforce sessions expire, after two hours idle by "
+                  f"default): give the connected app's client_id and client_secret in {WHERE_CREDENTIALS} so "
+                  "omnisync fetches and renews sessions itself.")
 HINTS = {
     "INVALID_EMAIL_ADDRESS": "fix the golden email (it is not a valid address)",
     "REQUIRED_FIELD_MISSING": "the mapping must write the required field named",
@@ -133,10 +163,23 @@ class _Instrumented(requests.Session):
         self.default_timeout = timeout
 
     def request(self, method: str, url: str, *args: Any, **kw: Any) -> requests.Response:  # type: ignore[override]
-        self.owner._before_call()
+        owner = self.owner
         kw.setdefault("timeout", self.default_timeout)
         # Explicitly: requests would let REQUESTS_CA_BUNDLE replace the session's CA file.
         kw.setdefault("verify", self.verify)
+        # The current token, whatever session id the SDK object (or a Bulk 2.0 client made from it) holds.
+        token = owner.tokens.current()
+        kw["headers"] = {**(kw.get("headers") or {}), "Authorization": f"Bearer {token}"}
+        resp = self._send(method, url, args, kw)
+        if resp.status_code == 401 and owner.tokens.renewable and _invalid_session(resp):
+            fresh = owner._renew(token)
+            if fresh is not None:
+                kw["headers"]["Authorization"] = f"Bearer {fresh}"
+                resp = self._send(method, url, args, kw)
+        return resp
+
+    def _send(self, method: str, url: str, args: tuple, kw: dict[str, Any]) -> requests.Response:
+        self.owner._before_call()
         self.owner.calls[f"{method} {_endpoint(url)}"] += 1
         resp = super().request(method, url, *args, **kw)
         self.owner._observe(resp.headers.get("Sforce-Limit-Info"))
@@ -172,10 +215,38 @@ class SalesforceConnector(Connector):
         self.bulk_jobs: list[str] = []
         self.retries = 0
         self.usage: tuple[int, int] | None = None  # (used, total) from Sforce-Limit-Info
+        given = credentials.session_id.get_secret_value() if credentials.session_id else None
+        if credentials.oauth and given is None:
+            self.tokens = shared_tokens(credentials.instance_url.rstrip("/") + TOKEN_PATH, str(credentials.client_id),
+                                        credentials.client_secret.get_secret_value(),
+                                        lambda: _fetch_token(credentials, timeout))
+        elif credentials.oauth:  # a session given by hand first, the connected app once it is refused
+            self.tokens = TokenSource(lambda: _fetch_token(credentials, timeout), initial=given)
+        else:
+            self.tokens = TokenSource(None, initial=given)
         self.session = _Instrumented(self, credentials.ca_bundle or True, (min(timeout, 10.0), timeout))
-        self.sf = Salesforce(instance_url=credentials.instance_url,
-                             session_id=credentials.session_id.get_secret_value(), version=credentials.api_version,
-                             session=self.session)
+        self._sf: Salesforce | None = None
+        self._sf_lock = threading.Lock()
+
+    @property
+    def sf(self) -> Salesforce:
+        """The SDK client, made on first use (after the first token: the token names the instance)."""
+        with self._sf_lock:
+            if self._sf is None:
+                token = self.tokens.current()
+                instance = self.tokens.extra.get("instance_url") or self.creds.instance_url
+                self._sf = Salesforce(instance_url=instance, session_id=token, version=self.creds.api_version,
+                                      session=self.session)
+            return self._sf
+
+    def _renew(self, refused: str) -> str | None:
+        """A new session for one Salesforce refused; the SDK client is told, so what it holds is current."""
+        fresh = self.tokens.renew(refused)
+        sf = self._sf
+        if fresh is not None and sf is not None:
+            sf.session_id = fresh
+            sf.headers["Authorization"] = f"Bearer {fresh}"
+        return fresh
 
     # --- plumbing ------------------------------------------------------------------------------
     @property
@@ -240,8 +311,10 @@ class SalesforceConnector(Connector):
         message = f"{what} failed"
         if first.get("message") and code not in ("INVALID_SESSION_ID", "REQUEST_LIMIT_EXCEEDED"):
             message += f": {_scrub(first['message'])[:200]}"
-        if code == "INVALID_SESSION_ID":
-            message += ": the session id was refused (expired or revoked)"
+        if code == "INVALID_SESSION_ID" or int(e.status) == 401:
+            return AuthError(message + ": the session was refused (expired or revoked)", system=self.system,
+                             status=int(e.status), code=code,
+                             action=SESSION_REFUSED if self.tokens.renewable else STATIC_REFUSED)
         return error_for(int(e.status), message, system=self.system, code=code,
                          resume_at=_resume_at() if code == "REQUEST_LIMIT_EXCEEDED" else None)
 
@@ -647,6 +720,23 @@ def _parse_dt(value: str) -> datetime:
         s = s[:-2] + ":" + s[-2:]
     dt = datetime.fromisoformat(s)
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _fetch_token(c: SalesforceCredentials, timeout: float) -> IssuedToken:
+    return fetch_token(system="salesforce", url=c.instance_url.rstrip("/") + TOKEN_PATH, timeout=timeout,
+                       form={"grant_type": "client_credentials", "client_id": str(c.client_id),
+                             "client_secret": c.client_secret.get_secret_value()},
+                       verify=ssl.create_default_context(cafile=c.ca_bundle) if c.ca_bundle else True,
+                       refused=CLIENT_REFUSED)
+
+
+def _invalid_session(resp: requests.Response) -> bool:
+    try:
+        body = resp.json()
+    except ValueError:
+        return False
+    return isinstance(body, list) and any(isinstance(e, dict) and e.get("errorCode") == "INVALID_SESSION_ID"
+                                          for e in body)
 
 
 def _endpoint(url: str) -> str:

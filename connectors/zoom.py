@@ -21,6 +21,12 @@
   are named in payloads (``{"custom_fields": {"omnisync_golden_id": ...}}``) and created on first
   use, shown on the agent's inbound notification and usable as a screen-pop URL parameter.
   Patching phone numbers or e-mails keeps the ones agents entered: the new value goes first.
+
+Auth is a Server-to-Server OAuth app: ``POST {oauth_url}`` with ``grant_type=account_credentials``
+and the account id, client id and secret as HTTP Basic, answering an hour's bearer token. One token
+serves every request, thread and connector of the process until shortly before it expires; a 401 (code 124, the token expired
+or was revoked early) gets a new one and the request is sent again, once. A static
+``access_token`` still works, until Zoom refuses it.
 """
 
 from __future__ import annotations
@@ -54,7 +60,19 @@ from connectors.errors import (
     RateLimitedError,
     TransientError,
 )
-from connectors.http import HttpLayer, RateBudget, RetryPolicy, TokenPaging, paginate, seg
+from connectors.http import (
+    BearerAuth,
+    HttpLayer,
+    IssuedToken,
+    RateBudget,
+    RetryPolicy,
+    TokenPaging,
+    TokenSource,
+    fetch_token,
+    paginate,
+    seg,
+    shared_tokens,
+)
 from omnisync.privacy import mask_text
 
 API = "/v2/contact_center"
@@ -66,6 +84,15 @@ GOLDEN_FIELD = "omnisync_golden_id"
 CONTACT_KEYS = {"display_name", "first_name", "last_name", "phone_numbers", "emails", "location", "timezone",
                 "account_number", "company", "role", "consumer_ids", "custom_fields"}
 MAX_TRANSIENT_IN_A_ROW = 3
+WHERE_CREDENTIALS = ("the credentials block omnisync-zoom (or OMNISYNC_ZOOM_ACCOUNT_ID, OMNISYNC_ZOOM_CLIENT_ID and "
+                     "OMNISYNC_ZOOM_CLIENT_SECRET)")
+CLIENT_REFUSED = (f"Check the Server-to-Server OAuth app's account_id, client_id and client_secret in {WHERE_CREDENTIALS}, "
+                  "and that the app is activated in the Zoom App Marketplace.")
+TOKEN_REFUSED = ("A token just issued by the Server-to-Server OAuth app was refused: check that the app is activated "
+                 f"and has the Contact Center scopes, and its credentials in {WHERE_CREDENTIALS}.")
+STATIC_REFUSED = ("The access_token in the credentials was refused (Zoom tokens expire after an hour): give the "
+                  f"Server-to-Server OAuth app's account_id, client_id and client_secret in {WHERE_CREDENTIALS} "
+                  "so omnisync fetches and renews tokens itself.")
 # What Zoom's contact error codes mean for the record, in words an operator can act on.
 CONTACT_ERRORS = {
     "300": "a field was rejected (phone numbers must be E.164, e-mails valid addresses)",
@@ -129,9 +156,14 @@ class ZoomConnector(Connector):
         self._golden: dict[str, str] = {}  # golden id -> contact id, learned by this instance
         budget = budget or RateBudget(20.0, 20)  # Zoom's Medium APIs: 20 requests/s on Pro accounts
         self.policy = policy or RetryPolicy()
+        if credentials.oauth:
+            self.tokens = shared_tokens(credentials.oauth_url, f"{credentials.account_id}/{credentials.client_id}",
+                                        credentials.client_secret.get_secret_value(),
+                                        lambda: _fetch_token(credentials, timeout))
+        else:
+            self.tokens = TokenSource(None, initial=credentials.access_token.get_secret_value())
         common = dict(system=self.system, base_url=credentials.base_url.rstrip("/"), timeout=timeout,
-                      headers={"Authorization": f"Bearer {credentials.access_token.get_secret_value()}",
-                               "Accept": "application/json"},
+                      auth=BearerAuth(self.tokens), headers={"Accept": "application/json"},
                       budget=budget, error_code=self._error_code, usage=_usage)
         self.http = HttpLayer(policy=self.policy, **common)
         # Creates go through a layer that never retries: a lost answer is resolved by looking the
@@ -162,6 +194,12 @@ class ZoomConnector(Connector):
     def _call(self, method: str, url: str, *, layer: HttpLayer | None = None, **kw: Any) -> httpx.Response:
         try:
             return (layer or self.http).request(method, url, **kw)
+        except AuthError as e:
+            if e.status != 401 or e.code not in (None, "124"):
+                raise  # the token endpoint refused the client (its own message), or a 403 (scopes)
+            raise AuthError(f"{method} {kw.get('endpoint') or url.split('?')[0]}: access token refused",
+                            system=self.system, status=e.status, code=e.code,
+                            action=TOKEN_REFUSED if self.tokens.renewable else STATIC_REFUSED) from e
         except QuotaExhaustedError as e:
             raise QuotaExhaustedError("daily Contact Center API limit reached", system=self.system,
                                       status=e.status, code=e.code, resume_at=e.resume_at or _next_midnight()) from e
@@ -538,6 +576,12 @@ class ZoomConnector(Connector):
                   "record or mappings/zoom/address_book_contacts.yaml and re-run"
         return WriteOutcome(rec.key, WriteStatus.failed, external_id=rec.external_id, retryable=e.retryable,
                             error=f"address_book_contacts record {mask_text(rec.key)}: {why}")
+
+
+def _fetch_token(c: ZoomCredentials, timeout: float) -> IssuedToken:
+    return fetch_token(system="zoom", url=c.oauth_url, timeout=timeout, refused=CLIENT_REFUSED,
+                       form={"grant_type": "account_credentials", "account_id": str(c.account_id)},
+                       basic=(str(c.client_id), c.client_secret.get_secret_value()))
 
 
 def _usage(resp: httpx.Response) -> tuple[int | None, float | None]:

@@ -23,9 +23,14 @@ from connectors.credentials import (
 
 
 class SalesforceBlock(Block):
+    """A connected app's client credentials (OAuth client credentials flow); a static session id
+    is accepted too, and works until Salesforce ends the session."""
+
     _block_type_name = "omnisync Salesforce"
     instance_url: str
-    session_id: SecretStr
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    session_id: SecretStr | None = None
     api_version: str = "59.0"
     ca_bundle: str | None = None
 
@@ -38,9 +43,16 @@ class HubSpotBlock(Block):
 
 
 class ZoomBlock(Block):
+    """A Server-to-Server OAuth app (account id, client id and secret); a static access token is
+    accepted too, and works until it expires (an hour)."""
+
     _block_type_name = "omnisync Zoom"
     base_url: str = "https://api.zoom.us"
-    access_token: SecretStr
+    account_id: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    oauth_url: str = "https://zoom.us/oauth/token"
+    access_token: SecretStr | None = None
     webhook_secret: SecretStr | None = None
 
 

@@ -1,6 +1,8 @@
 """Where flows and the webhook receiver get vendor credentials: a Prefect block, the environment, or a sandbox info file.
 
-Order: ``OMNISYNC_<SYSTEM>_<FIELD>`` environment variables when any is set; then the JSON written by
+Order: ``OMNISYNC_<SYSTEM>_<FIELD>`` environment variables when any is set (Zoom's Server-to-Server
+OAuth app: ``OMNISYNC_ZOOM_ACCOUNT_ID``, ``_CLIENT_ID``, ``_CLIENT_SECRET``; Salesforce's connected
+app: ``OMNISYNC_SALESFORCE_INSTANCE_URL``, ``_CLIENT_ID``, ``_CLIENT_SECRET``); then the JSON written by
 ``omnisync sandbox --info FILE`` when ``OMNISYNC_SANDBOX_INFO`` names it (demo, tests, benchmarks);
 then the Prefect block ``omnisync-<system>`` (production: ``omnisync blocks create``). The result is always the typed model
 from :mod:`connectors.credentials`, secrets as ``SecretStr``.
@@ -67,8 +69,10 @@ def from_env(system: str, environ: dict[str, str] | None = None) -> BaseModel | 
     try:
         return MODELS[system].model_validate(data)
     except ValidationError as e:
-        fields = ", ".join(".".join(map(str, err["loc"])) for err in e.errors())
-        raise CredentialsMissing(f"{system}: environment credentials incomplete or invalid ({fields}); "
+        # Name the fields, never the values; a rule across fields (which set of them is needed)
+        # has no field and says what to set instead.
+        problems = [".".join(map(str, err["loc"])) or err["msg"].removeprefix("Value error, ") for err in e.errors()]
+        raise CredentialsMissing(f"{system}: environment credentials incomplete or invalid ({'; '.join(problems)}); "
                                  f"set {prefix}<FIELD> variables or create the Prefect block") from None
 
 

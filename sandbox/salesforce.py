@@ -50,12 +50,24 @@ Vendor behaviour reproduced on purpose (specs/README.md, "Salesforce"):
 * ``GET /sobjects/{SObject}/deleted/?start=&end=`` (at most 15 days back) and ``.../updated/`` (30
   days), ``GET /limits/``.
 * ``Sforce-Limit-Info: api-usage=used/total`` on every response; 403 ``REQUEST_LIMIT_EXCEEDED`` once
-  the daily allocation is spent; 401 ``INVALID_SESSION_ID``; errors as ``[{"message","errorCode"}]``.
+  the daily allocation is spent; errors as ``[{"message","errorCode"}]``.
+* OAuth 2.0 client credentials flow of a connected app: ``POST /services/oauth2/token`` (form
+  ``grant_type=client_credentials``, ``client_id``, ``client_secret``; or the client as HTTP Basic)
+  answers ``{"access_token", "signature", "scope", "instance_url", "id", "token_type": "Bearer",
+  "issued_at"}``, with no lifetime, as Salesforce's. A session lasts ``session_lifetime_s`` (7,200, the
+  default timeout) from its issue (Salesforce counts from the last activity: a fixed lifetime is the
+  stricter case); any call with an expired or unknown session is 401 ``[{"message": "Session expired
+  or invalid", "errorCode": "INVALID_SESSION_ID"}]``. Refusals are 400 ``invalid_client_id`` /
+  ``invalid_client`` / ``unsupported_grant_type`` with an ``error_description``. Token requests are
+  logged, but do not count against the API allocation (they do not in Salesforce) nor get injected
+  faults. ``SESSION_ID`` is a session issued at seeding time, for tools calling the API directly.
 * Datetimes as ``2026-11-01T10:00:00.000+0000`` with second precision, so many records share one
   ``SystemModstamp``.
 
 Sandbox-only routes: ``PATCH/DELETE /_sandbox/sobjects/{SObject}/{id}`` (a user edits or deletes),
 ``POST /_sandbox/merge`` (a user merges contacts), ``POST /_sandbox/limits`` (daily allocation),
+``POST /_sandbox/oauth`` (``{"session_lifetime_s"}`` for sessions issued from now on,
+``{"expire_sessions": true}`` to end every session issued so far),
 ``POST /_sandbox/locators/expire``, ``GET /_sandbox/export`` and ``POST /_sandbox/bulk/fail``
 (``{"message", "after"}``: the next Bulk job fails with that ``errorMessage``, an ingest job after
 writing ``after`` rows, the rest left unprocessed; ``fail_next_job`` in process).
@@ -64,19 +76,23 @@ writing ``after`` rows, the rest left unprocessed; ``fail_next_job`` in process)
 from __future__ import annotations
 
 import base64
+import binascii
 import bisect
 import csv
+import hashlib
 import heapq
 import io
 import json
 import random
 import re
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -85,6 +101,11 @@ from sandbox.framework import Sandbox
 from sandbox.population import JUNK_EMAILS, JUNK_PHONES, contact_person, modstamp, person, phone_variant, typo
 
 SESSION_ID = "00Dsandbox!sandbox-session-id"
+ORG_ID = "00DDn0000000SBXMA2"
+CLIENT_ID = "3MVG9sandbox.omnisync.connected.app"
+CLIENT_SECRET = "sandbox-salesforce-consumer-secret"
+TOKEN_PATH = "/services/oauth2/token"
+SESSION_LIFETIME_S = 7200
 API_VERSION = "59.0"
 BATCH_DEFAULT = 2000
 BATCH_MIN = 200
@@ -641,14 +662,85 @@ class SalesforceSandbox(Sandbox):
         self.daily_limit = DAILY_LIMIT
         self.locator_ttl_s = 15 * 60.0
         self.bulk_job_s = 0.05  # how long a Bulk 2.0 job runs before JobComplete
+        self.session_lifetime_s = SESSION_LIFETIME_S
+        # Issued sessions and when they end (epoch seconds); kept across resets, as the org's are.
+        self.sessions: dict[str, float] = {}
+        self.sessions_issued = 0
         super().__init__(size=size, seed=seed)
+
+    # --- OAuth ------------------------------------------------------------------------------------
+    def issue_session(self) -> str:
+        token = f"{ORG_ID[:15]}!" + secrets.token_urlsafe(48)
+        now = time.time()
+        with self.lock:
+            self.sessions = {t: end for t, end in self.sessions.items() if end > now - 600}
+            self.sessions[token] = now + self.session_lifetime_s
+            self.sessions_issued += 1
+        return token
+
+    def expire_sessions(self) -> int:
+        """End every session issued so far (a timeout, or an admin revoking the app's sessions)."""
+        now = time.time()
+        with self.lock:
+            for t in self.sessions:
+                self.sessions[t] = min(self.sessions[t], now - 1)
+            return len(self.sessions)
+
+    def token(self, request: Request, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+        header = request.headers.get("authorization", "")
+        if header[:6].lower() == "basic ":
+            try:
+                client_id, _, secret = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                pass
+        if form.get("grant_type") != "client_credentials":
+            return 400, {"error": "unsupported_grant_type", "error_description": "grant type not supported"}
+        if not secrets.compare_digest(client_id.encode(), CLIENT_ID.encode()):
+            return 400, {"error": "invalid_client_id", "error_description": "client identifier invalid"}
+        if not secrets.compare_digest(secret.encode(), CLIENT_SECRET.encode()):
+            return 400, {"error": "invalid_client", "error_description": "invalid client credentials"}
+        token = self.issue_session()
+        issued = str(int(time.time() * 1000))
+        base = self.base_url or "https://omnisync-sandbox.my.salesforce.com"
+        signature = base64.b64encode(hashlib.sha256(f"{base}{issued}{token}".encode()).digest()).decode()
+        return 200, {"access_token": token, "signature": signature, "scope": "api",
+                     "instance_url": base, "id": f"{base}/id/{ORG_ID}/{USER_IDS[0]}AAA",
+                     "token_type": "Bearer", "issued_at": issued}
+
+    def asgi(self):
+        """Token requests are logged but kept out of the API's allocation and injected faults."""
+        api = super().asgi()
+        app = self.app
+        log = self.log
+
+        async def serve(scope, receive, send):
+            if scope["type"] != "http" or scope["path"] != TOKEN_PATH:
+                return await api(scope, receive, send)
+            status = {"code": 0}
+
+            async def send_wrapper(message):
+                if message["type"] == "http.response.start":
+                    status["code"] = message["status"]
+                await send(message)
+
+            await app(scope, receive, send_wrapper)
+            log.add(scope["method"], TOKEN_PATH, status["code"])
+
+        return serve
 
     # --- framework hooks ------------------------------------------------------------------------
     def credentials(self) -> dict[str, Any]:
-        return {"session_id": SESSION_ID, "api_version": API_VERSION}
+        return {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "api_version": API_VERSION}
 
     def authorized(self, request: Request) -> bool:
-        return request.headers.get("authorization", "") in (f"Bearer {SESSION_ID}", f"OAuth {SESSION_ID}")
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() not in ("bearer", "oauth"):
+            return False
+        with self.lock:
+            end = self.sessions.get(token.strip())
+        return end is not None and end > time.time()
 
     def unauthorized(self) -> Response:
         return _json(ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid").body(), 401)
@@ -688,6 +780,7 @@ class SalesforceSandbox(Sandbox):
                     live += 1
             out[name] = {"live": live, "deleted": deleted - merged, "merged": merged}
         out["calls_used"] = self.calls_used
+        out["sessions_issued"] = self.sessions_issued
         return out
 
     # --- seeding --------------------------------------------------------------------------------
@@ -698,6 +791,8 @@ class SalesforceSandbox(Sandbox):
         self.ingest_jobs: dict[str, IngestJob] = {}
         self.pending: set[str] = set()  # closed ingest jobs not processed yet
         self.fail_next_job: tuple[str, int] | None = None  # (errorMessage, rows processed first)
+        with self.lock:
+            self.sessions[SESSION_ID] = time.time() + SESSION_LIFETIME_S
         self.job_seq = 0
         self.locator_seq = 0
         self._who_cache: dict[int, tuple[int, int]] = {}
@@ -1725,6 +1820,23 @@ class SalesforceSandbox(Sandbox):
                 return _json(e.body(), e.status)
             return Response(text, media_type="text/csv")
 
+        async def token(request: Request) -> Response:
+            raw = (await request.body()).decode("utf-8", "replace")
+            form = dict(parse_qsl(raw)) if "x-www-form-urlencoded" in request.headers.get("content-type", "") else {}
+            status, payload = sb.token(request, {**dict(request.query_params), **form})
+            return _json(payload, status)
+
+        async def oauth_switches(request: Request) -> Response:
+            raw = await request.body()
+            body = json.loads(raw) if raw else {}
+            if "session_lifetime_s" in body:
+                sb.session_lifetime_s = float(body["session_lifetime_s"])
+            ended = sb.expire_sessions() if body.get("expire_sessions") else 0
+            return _json({"session_lifetime_s": sb.session_lifetime_s, "expired": ended,
+                          "sessions_issued": sb.sessions_issued}, 200)
+
+        app.add_api_route(TOKEN_PATH, token, methods=["POST"])
+        app.add_api_route("/_sandbox/oauth", oauth_switches, methods=["POST"], include_in_schema=False)
         app.add_api_route(base + "/jobs/ingest", ingest_create, methods=["POST"])
         app.add_api_route(base + "/jobs/ingest", ingest_list, methods=["GET"])
         app.add_api_route(base + "/jobs/ingest/{job_id}", ingest_one, methods=["GET", "PATCH", "DELETE"])

@@ -26,7 +26,20 @@ with an ISO ``Retry-After``). Requests beyond 60 a second are refused as Zoom do
 
 Additions the spec lacks, kept minimal: ``consumers[].consumer_email`` for email and chat consumers.
 
-Sandbox-only routes: ``POST /_sandbox/engagements`` (a customer reaches the contact center: any
+Auth as a Server-to-Server OAuth app: ``POST /oauth/token`` (Zoom serves it from zoom.us; here
+``oauth_url`` in the credentials names this server) with HTTP Basic ``client_id:client_secret`` and
+``grant_type=account_credentials`` plus ``account_id`` in the form body (or the query string, as
+older clients send them) answers ``{"access_token", "token_type": "bearer", "expires_in", "scope",
+"api_url"}``. Tokens live ``token_lifetime_s`` (3600, as Zoom's; tests shorten it); an API call with
+an expired or unknown token is refused 401 ``{"code": 124, "message": "Access token is expired."}``
+(``"Invalid access token."`` for one never issued). A wrong client or secret is 400
+``{"reason": "Invalid client_id or client_secret", "error": "invalid_client"}``; a wrong account id
+400 ``invalid_request``. Token requests are logged like any other (``POST /oauth/token``) but,
+being another Zoom service, never count against the API's limits nor get its injected faults.
+``TOKEN`` is a token issued at seeding time, for tools that call the API directly.
+
+Sandbox-only routes: ``POST /_sandbox/oauth`` (``{"token_lifetime_s"}`` for tokens issued from now
+on, ``{"expire_tokens": true}`` to expire every token issued so far), ``POST /_sandbox/engagements`` (a customer reaches the contact center: any
 channel, a bot-only chat or a bot-to-agent hand-off, optionally still in progress) and
 ``POST /_sandbox/engagements/{id}/end`` (the agent wraps it up).
 """
@@ -34,13 +47,16 @@ channel, a bot-only chat or a bot-to-agent hand-off, optionally still in progres
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import random
 import re
+import secrets
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -49,6 +65,17 @@ from sandbox.framework import Sandbox
 from sandbox.population import JUNK_EMAILS, JUNK_PHONES, active_people, email_variant, person, phone_variant, typo
 
 TOKEN = "sandbox-zoom-token"
+ACCOUNT_ID = "sNdBx0AccountZoomCC01"
+CLIENT_ID = "sandboxZoomS2SClient"
+CLIENT_SECRET = "sandbox-zoom-client-secret"
+TOKEN_PATH = "/oauth/token"
+ACCESS_TOKEN_LIFETIME_S = 3600
+SCOPES = ("contact_center:read:list_engagements:admin contact_center:read:engagement:admin "
+          "contact_center:delete:recording:admin contact_center:read:list_address_books:admin "
+          "contact_center:write:address_book:admin contact_center:read:list_address_book_contacts:admin "
+          "contact_center:write:address_book_contact:admin contact_center:update:address_book_contact:admin "
+          "contact_center:delete:address_book_contact:admin contact_center:read:address_book_custom_field:admin "
+          "contact_center:write:address_book_custom_field:admin")
 SEED_FROM = datetime(2026, 8, 1, tzinfo=timezone.utc)
 SEED_TO = datetime(2026, 11, 20, tzinfo=timezone.utc)
 TOKEN_TTL = 15 * 60
@@ -130,9 +157,79 @@ LIST_FIELDS = ("start_time", "end_time", "duration", "engagement_id", "direction
 class ZoomSandbox(Sandbox):
     name = "zoom"
 
-    def __init__(self, *, size: int = 100, seed: int = 1):
+    def __init__(self, *, size: int = 100, seed: int = 1, token_lifetime_s: float = ACCESS_TOKEN_LIFETIME_S):
         self._qps: tuple[int, int] = (0, 0)
+        self.token_lifetime_s = token_lifetime_s
+        # Issued access tokens and when they expire (epoch seconds). Kept across resets: a reset
+        # re-seeds the data, the OAuth app's tokens stay valid.
+        self.access_tokens: dict[str, float] = {}
+        self.tokens_issued = 0
+        self._refusal = "Invalid access token."
         super().__init__(size=size, seed=seed)
+
+    # --- OAuth -----------------------------------------------------------------------------------
+    def issue_token(self, lifetime: float | None = None) -> tuple[str, float]:
+        life = self.token_lifetime_s if lifetime is None else lifetime
+        token = "sbx." + secrets.token_urlsafe(32)
+        now = time.time()
+        with self.lock:
+            # Expired tokens are forgotten after ten minutes (then refused as never issued).
+            self.access_tokens = {t: exp for t, exp in self.access_tokens.items() if exp > now - 600}
+            self.access_tokens[token] = now + life
+            self.tokens_issued += 1
+        return token, life
+
+    def expire_tokens(self) -> int:
+        """Expire every token issued so far (as an app's secret rotation or an early revocation does)."""
+        now = time.time()
+        with self.lock:
+            for t in self.access_tokens:
+                self.access_tokens[t] = min(self.access_tokens[t], now - 1)
+            return len(self.access_tokens)
+
+    def _token_response(self, request: Request, form: dict[str, str]) -> JSONResponse:
+        params = {**dict(request.query_params), **form}
+        header = request.headers.get("authorization", "")
+        client = ("", "")
+        if header[:6].lower() == "basic ":
+            try:
+                client_id, _, secret = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+                client = (client_id, secret)
+            except (binascii.Error, UnicodeDecodeError):
+                pass
+        if params.get("grant_type") != "account_credentials":
+            return JSONResponse({"reason": "unsupported grant type", "error": "unsupported_grant_type"}, status_code=400)
+        if not secrets.compare_digest(client[0].encode(), CLIENT_ID.encode()) or \
+                not secrets.compare_digest(client[1].encode(), CLIENT_SECRET.encode()):
+            return JSONResponse({"reason": "Invalid client_id or client_secret", "error": "invalid_client"},
+                                status_code=400)
+        if params.get("account_id") != ACCOUNT_ID:
+            return JSONResponse({"reason": "Invalid account_id", "error": "invalid_request"}, status_code=400)
+        token, life = self.issue_token()
+        return JSONResponse({"access_token": token, "token_type": "bearer", "expires_in": int(life) or 1,
+                             "scope": SCOPES, "api_url": self.base_url or "https://api.zoom.us"})
+
+    def asgi(self):
+        """Token requests go to another Zoom service (zoom.us): logged here, but outside the API's
+        fault injection, daily limit and per-second limit."""
+        api = super().asgi()
+        app = self.app
+        log = self.log
+
+        async def serve(scope, receive, send):
+            if scope["type"] != "http" or scope["path"] != TOKEN_PATH:
+                return await api(scope, receive, send)
+            status = {"code": 0}
+
+            async def send_wrapper(message):
+                if message["type"] == "http.response.start":
+                    status["code"] = message["status"]
+                await send(message)
+
+            await app(scope, receive, send_wrapper)
+            log.add(scope["method"], TOKEN_PATH, status["code"])
+
+        return serve
 
     # --- state ---------------------------------------------------------------------------------
     def seed(self) -> None:
@@ -146,6 +243,8 @@ class ZoomSandbox(Sandbox):
         self.engagements: dict[str, dict[str, Any]] = {}
         self.tokens: dict[str, tuple[str, tuple, tuple, float]] = {}
         self._qps = (0, 0)
+        with self.lock:
+            self.access_tokens[TOKEN] = time.time() + ACCESS_TOKEN_LIFETIME_S
         for pid in active_people(self.size, 0.4, self.seed_value, salt=ENGAGEMENT_SALT):
             self._seed_person(pid)
         self._seed_address_books(r)
@@ -387,13 +486,23 @@ class ZoomSandbox(Sandbox):
 
     # --- framework hooks -------------------------------------------------------------------------
     def credentials(self) -> dict[str, Any]:
-        return {"access_token": TOKEN, "webhook_secret": "sandbox-zoom-webhook-secret"}
+        return {"account_id": ACCOUNT_ID, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                "oauth_url": f"{self.base_url or 'https://zoom.us'}{TOKEN_PATH}",
+                "webhook_secret": "sandbox-zoom-webhook-secret"}
 
     def authorized(self, request: Request) -> bool:
-        return request.headers.get("authorization") == f"Bearer {TOKEN}"
+        header = request.headers.get("authorization", "")
+        token = header[7:] if header[:7].lower() == "bearer " else ""
+        with self.lock:
+            expires = self.access_tokens.get(token)
+        if expires is not None and expires > time.time():
+            return True
+        # Read by unauthorized(), which the middleware calls next with no await in between.
+        self._refusal = "Invalid access token." if expires is None else "Access token is expired."
+        return False
 
     def unauthorized(self) -> Response:
-        return _err(401, 124, "Invalid access token.")
+        return _err(401, 124, self._refusal)
 
     def rate_limited(self) -> Response:
         return _err(429, 429, "You have reached the maximum per-second rate limit for this API. Try again later.",
@@ -435,6 +544,7 @@ class ZoomSandbox(Sandbox):
         books = {b["address_book_name"]: sum(1 for c in self.contacts.values() if c["address_book_id"] == bid)
                  for bid, b in self.address_books.items()}
         return {"engagements": len(self.engagements), "by_kind": kinds, "heroine_engagements": heroine,
+                "tokens_issued": self.tokens_issued,
                 "address_books": books, "custom_fields": sorted(f["custom_field_name"] for f in self.custom_fields.values())}
 
     # --- paging ----------------------------------------------------------------------------------
@@ -465,9 +575,24 @@ class ZoomSandbox(Sandbox):
 
         @app.middleware("http")
         async def qps(request: Request, call_next):
-            if not request.url.path.startswith("/_sandbox/") and not sb._spend():
+            path = request.url.path
+            if not path.startswith("/_sandbox/") and path != TOKEN_PATH and not sb._spend():
                 return sb.rate_limited()
             return await call_next(request)
+
+        @app.post(TOKEN_PATH)
+        async def token(request: Request):
+            raw = (await request.body()).decode("utf-8", "replace")
+            form = dict(parse_qsl(raw)) if "x-www-form-urlencoded" in request.headers.get("content-type", "") else {}
+            return sb._token_response(request, form)
+
+        @app.post("/_sandbox/oauth", include_in_schema=False)
+        async def oauth_switches(request: Request):
+            body = await _json(request) or {}
+            if "token_lifetime_s" in body:
+                sb.token_lifetime_s = float(body["token_lifetime_s"])
+            expired = sb.expire_tokens() if body.get("expire_tokens") else 0
+            return {"token_lifetime_s": sb.token_lifetime_s, "expired": expired, "tokens_issued": sb.tokens_issued}
 
         @app.get(api + "/engagements")
         def list_engagements(request: Request):

@@ -144,7 +144,11 @@ def test_the_sdks_own_bulk2_helpers_work_against_the_sandbox_unchanged(tmp_path)
         session = requests.Session()
         session.trust_env = False  # else REQUESTS_CA_BUNDLE replaces the sandbox's CA
         session.verify = info["ca_cert"]
-        sdk_round_trip(Salesforce(instance_url=info["base_url"], session_id=info["credentials"]["session_id"],
+        creds = info["credentials"]
+        token = session.post(info["base_url"] + "/services/oauth2/token", data={
+            "grant_type": "client_credentials", "client_id": creds["client_id"],
+            "client_secret": creds["client_secret"]}).json()
+        sdk_round_trip(Salesforce(instance_url=token["instance_url"], session_id=token["access_token"],
                                   version="59.0", session=session))
 
 

@@ -219,11 +219,12 @@ def test_server_errors_timeouts_and_truncated_bodies_are_survived(org):
     assert len({o.external_id for o in out}) == 400, "a retried upsert never creates twice"
 
 
-def test_a_refused_session_is_an_auth_error_and_is_not_retried(org):
+def test_a_refused_static_session_is_an_auth_error_and_is_not_retried(org):
     sb, connect = org(size=20)
     with pytest.raises(AuthError) as exc:
-        connect(creds={"session_id": "expired"}).check()
+        connect(creds={"session_id": "expired", "client_id": None, "client_secret": None}).check()
     assert "session" in str(exc.value) and "credentials" in str(exc.value)
+    assert "OMNISYNC_SALESFORCE_CLIENT_ID" in str(exc.value), "the message says how to make sessions renew"
     assert sum(sb.log.counts.values()) == 1
 
 

@@ -14,7 +14,7 @@ from tests.contract.harness import ContractCase
 def _connector(info: dict, good: bool) -> SalesforceConnector:
     creds = dict(info["credentials"])
     if not good:
-        creds["session_id"] = "00Dsandbox!expired-session"
+        creds["client_secret"] = "a-rotated-consumer-secret"
     return SalesforceConnector(SalesforceCredentials(instance_url=info["base_url"], ca_bundle=info["ca_cert"], **creds),
                                policy=RetryPolicy(attempts=8, backoff_initial=0.05, backoff_max=0.5),
                                query_batch=200)

@@ -19,7 +19,7 @@ def _connector(page_size: int):
     def make(info, good: bool) -> ZoomConnector:
         creds = dict(info["credentials"])
         if not good:
-            creds["access_token"] = "expired-token"
+            creds["client_secret"] = "a-rotated-secret"
         # Under the sandbox's 60 requests/s so that only injected 429s are seen.
         # The seeded history spans four months: a shorter backfill keeps the 429 test's sleeps few.
         return ZoomConnector(ZoomCredentials(base_url=info["base_url"], **creds), page_size=page_size,
