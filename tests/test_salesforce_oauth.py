@@ -5,20 +5,25 @@ secret nor a session ever written to a log or an error."""
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
+from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
+import respx
 
 import connectors.http
 from connectors.credentials import SalesforceCredentials
 from connectors.errors import AuthError
 from connectors.http import RetryPolicy
-from connectors.salesforce import SalesforceConnector
+from connectors.salesforce import SalesforceConnector, _fetch_token
 from omnisync.records import OutboundRecord
 from sandbox.framework import SandboxCluster
 from sandbox.salesforce import CLIENT_SECRET, SESSION_ID, SalesforceSandbox
 
+FIX = Path(__file__).parent / "fixtures" / "salesforce"
 FAST = RetryPolicy(attempts=8, backoff_initial=0.02, backoff_max=0.2)
 TOKEN = "POST /services/oauth2/token"
 
@@ -43,6 +48,32 @@ def org(tmp_path):
             return SalesforceConnector(SalesforceCredentials(instance_url=info["base_url"], ca_bundle=info["ca_cert"],
                                                              **{**info["credentials"], **(creds or {})}), **kw)
         yield sb, connect
+
+
+def test_the_token_request_is_the_client_credentials_flow_and_its_answer_names_the_instance():
+    creds = SalesforceCredentials(instance_url="https://example.my.salesforce.com", client_id="3MVG9.app",
+                                  client_secret="consumer-secret")
+    answer = json.loads((FIX / "oauth_token.json").read_text())
+    with respx.mock(assert_all_called=True) as mock:
+        route = mock.post("https://example.my.salesforce.com/services/oauth2/token").respond(200, json=answer)
+        issued = _fetch_token(creds, 10.0)
+    assert dict(parse_qsl(route.calls[0].request.content.decode())) == {
+        "grant_type": "client_credentials", "client_id": "3MVG9.app", "client_secret": "consumer-secret"}
+    assert issued.value == answer["access_token"] and issued.lifetime is None, "Salesforce names no lifetime"
+    assert issued.extra["instance_url"] == "https://example.my.salesforce.com"
+    assert "signature" not in issued.extra and "access_token" not in issued.extra
+
+
+def test_a_refused_connected_app_is_an_auth_error_with_salesforces_reason():
+    creds = SalesforceCredentials(instance_url="https://example.my.salesforce.com", client_id="3MVG9.app",
+                                  client_secret="consumer-secret")
+    with respx.mock(assert_all_called=True) as mock:
+        mock.post("https://example.my.salesforce.com/services/oauth2/token").respond(
+            400, json=json.loads((FIX / "oauth_error_400_invalid_client.json").read_text()))
+        with pytest.raises(AuthError) as exc:
+            _fetch_token(creds, 10.0)
+    assert exc.value.code == "invalid_client" and "invalid client credentials" in str(exc.value)
+    assert not exc.value.retryable and "consumer-secret" not in str(exc.value)
 
 
 def ids(conn, stream="contacts") -> list[str]:
