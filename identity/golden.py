@@ -121,6 +121,24 @@ def row_facts(row: SourceRow) -> tuple[dict[str, Any], datetime]:
     return canonical.get("profile") or {}, as_utc(row.modified_at) or _EPOCH
 
 
+def canonical_facts(canonical: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The profile a stored record's matching and survivorship see: its facts (:func:`row_facts`),
+    or None when it holds no profile."""
+    canonical = canonical or {}
+    facts = canonical.get("facts")
+    if facts:
+        return facts.get("profile") or {}
+    return canonical.get("profile")
+
+
+def created_for(canonical: dict[str, Any] | None) -> str | None:
+    """The golden id a record omnisync created was made for (ingest notes it when it first reads the
+    record back, from the creation's ledger entry), else None. Such a record is a copy of that
+    golden record: it is placed there, never matched (:mod:`identity.resolve`)."""
+    value = (canonical or {}).get("created_for")
+    return value if isinstance(value, str) and value else None
+
+
 def _blank(v: Any) -> bool:
     return v is None or v == "" or v == [] or v == {}
 
@@ -263,8 +281,9 @@ def refresh(session: Session, golden_ids: Iterable[str], *, run_id: str | None =
         if g is None or g.status != "active":
             continue
         rows = rows_by.get(gid, [])
-        if not rows:
-            # every source is gone (deleted upstream): keep the id resolvable, with nothing to show
+        if not rows or all(created_for(r.canonical) for r in rows):
+            # every source is gone (deleted upstream; copies omnisync made of the record are no
+            # source): keep the id resolvable, with nothing to show
             if g.profile:
                 g.profile, g.lineage, g.version, g.updated_at = {}, {}, g.version + 1, utcnow()
                 g.status = "retired"

@@ -12,7 +12,9 @@ four invariants of DESIGN.md are enforced:
    values omnisync wrote to that record since (the outbound ledger's ``since``: every write planned
    against that version, composed, including writes whose answer was lost) is our own echo, not a
    new fact. What a record says of its own is kept apart from what we wrote into it (its *facts*),
-   and only the facts vote in survivorship.
+   and only the facts vote in survivorship and count as evidence in matching. A record omnisync
+   created is marked ``created_for`` (the golden id its creation's ledger entry names): a copy,
+   placed by resolution, never weighed.
 7. *Bad input is never dropped*: a record that cannot be mapped is dead-lettered with a masked
    reason naming the record and field, and its sealed payload for replay. Counts reconcile:
    ``read = stored + unchanged + echoes + dead_lettered + suppressed``.
@@ -32,6 +34,7 @@ from typing import Any
 from sqlalchemy import tuple_
 from sqlmodel import Session, select
 
+from identity.golden import canonical_facts
 from identity.store import (
     Checkpoint,
     ConsentEventRow,
@@ -274,7 +277,16 @@ def _created_facts(m: "_Mapped", creation: OutboundLedger | None, mapping: Mappi
     expected = _expected(mapping, m.record, {}, (creation.payload or {}).get("since") or {})
     # What we sent cannot be told apart from the record (it does not map back): it is all ours.
     theirs = _theirs({}, new, expected) if expected is not None else set()
-    return _with_facts(m.mapped, _apply({}, new, theirs), as_utc(m.modified).isoformat(), m.modified)
+    out = _with_facts(m.mapped, _apply({}, new, theirs), as_utc(m.modified).isoformat(), m.modified)
+    # A copy of the golden record it was made for: resolution places it there and never weighs it
+    # as evidence (identity.golden.created_for), so what it holds of ours never ties people together.
+    return {**out, "created_for": creation.key.removesuffix("|new")}
+
+
+def _keep_marks(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A later version of a record keeps what ingest noted on its first (it was made by omnisync)."""
+    made = (old or {}).get("created_for")
+    return {**new, "created_for": made} if made and "profile" in new else new
 
 
 def _flat(profile: dict[str, Any] | None) -> dict[str, Any]:
@@ -556,6 +568,7 @@ def _store_one(session: Session, m: _Mapped, ledgers: list[OutboundLedger], coun
             return
         if not row.deleted:
             echo, mapped = _echo_or_facts(m, ledgers, mapping)
+            mapped = _keep_marks(row.canonical, mapped)
             if echo:
                 row.payload, row.fingerprint, row.modified_at, row.canonical = r.payload, fp, modified, mapped
                 row.echo = True
@@ -637,7 +650,8 @@ def resolve_pending(session: Session, *, run_id: str | None = None, batch: int =
         if kind == "profile":
             if gone:
                 totals["detached"] += resolver.detach_sources(session, gone)
-            pairs = [(r, CustomerProfile.model_validate(r.canonical["profile"])) for r in live]
+            # Matching weighs what each record says of its own (its facts), like survivorship.
+            pairs = [(r, CustomerProfile.model_validate(canonical_facts(r.canonical) or {})) for r in live]
             if pairs:
                 totals.update(resolver.resolve_profiles(session, pairs, run_id=run_id))
         elif kind == "interaction":

@@ -35,6 +35,14 @@ on generated data loaded in shuffled batches). :func:`decide` answers "who is th
 without writing. One approximation remains: term frequencies move as the store grows, and a pair
 keeps the weight of when its neighbourhood was last resolved; ``omnisync reresolve`` re-decides all.
 
+What a record is weighed on is what it says of its own (:func:`identity.golden.canonical_facts`, what
+survivorship reads too), never values omnisync wrote into it: otherwise our writes, landing in
+one run or another as quotas and crashes allow, would become evidence, and the partition would
+depend on when they landed. A record omnisync created (ingest notes ``created_for`` from its
+creation's ledger entry) is a copy of a golden record: :func:`_place_copies` puts it in that
+golden record (or the one it merged into) and indexes only its own vendor id, so it is never a
+candidate, a block, a count, or a link between others. The batch path leaves copies out alike.
+
 Interactions and consent events follow their customer: they are linked by the customer's id in their
 own system, then email, then phone, and only when exactly one golden record holds the key. Anything
 that cannot be linked yet is retried by :func:`relink_orphans` after later profiles land.
@@ -57,7 +65,7 @@ from sqlmodel import Session, select
 
 from identity.batch import cluster, no_gc
 from identity.batch import resolve as batch_resolve
-from identity.golden import refresh
+from identity.golden import canonical_facts, created_for, refresh
 from identity.matching import (
     Entity,
     KeyStats,
@@ -386,8 +394,8 @@ class _Neighbourhood:
     def _take(self, sid: int, system: str, stream: str, ext: str, gid: str | None, canonical: Any) -> bool:
         if isinstance(canonical, (str, bytes)):  # SQLite hands JSON back as text
             canonical = json.loads(canonical)
-        prof = (canonical or {}).get("profile")
-        if prof is None:
+        prof = canonical_facts(canonical)
+        if prof is None or created_for(canonical):  # a copy we made is never a match (see _place_copies)
             return False
         if sid not in self.ents:
             self.ents[sid] = store_entity(system, stream, ext, prof, self.rules)
@@ -482,6 +490,8 @@ class _Neighbourhood:
     def forget_old_keys(self, rows: dict[int, list[tuple[str, str]]], *, gone: Iterable[int] = ()) -> None:
         """Count what batch records carried before (their keys are being replaced or dropped)."""
         for sid, keys in rows.items():
+            if _was_copy(keys):
+                continue  # a copy of a golden record held no evidence and was not counted
             for kind, value in keys:
                 if kind == "tf":
                     self.term_delta[value] -= 1
@@ -492,7 +502,7 @@ class _Neighbourhood:
                 self.kind_of.setdefault(key, kind)
                 self.batch_had[key] += 1
         for sid in gone:
-            if sid in rows:
+            if sid in rows and not _was_copy(rows[sid]):
                 self.pop_delta -= 1
 
     # scoring ------------------------------------------------------------------------------------
@@ -589,10 +599,60 @@ def unindex(session: Session, source_ids: list[int]) -> int:
         session.exec(delete(IdentityKey).where(IdentityKey.source_id.in_(part)))
     secret = get_settings().tombstone_key.get_secret_value()
     counts = {_term_hash(k, secret): -d for k, d in deltas.items()}
-    if old:
-        counts[POPULATION] = -len(old)
+    counted = sum(1 for keys in old.values() if not _was_copy(keys))
+    if counted:
+        counts[POPULATION] = -counted
     _upsert_terms(session, counts, add=True)
     return len(old)
+
+
+COPY = "copy"  # identity_key kind marking a record omnisync created (value: the golden id it was made for)
+
+
+def _was_copy(keys: list[tuple[str, str]]) -> bool:
+    return any(kind == COPY for kind, _ in keys)
+
+
+def _place_copies(session: Session, copies: list[SourceRow], counts: Counter, rules: Rules) -> set[str]:
+    """Records omnisync created go to the golden record they were made for (or the one it merged
+    into), whatever they hold: their values are that golden record's, so weighing them would let
+    our own writes tie people together -- and only once, and when, the write happened to land.
+
+    They are indexed by their own vendor id only (interactions logged on them still find their
+    customer) and a ``copy`` marker; no identifier, block or count that matching reads. A copy
+    whose golden record is gone (erased) founds a golden record of its own. Returns the golden
+    ids touched."""
+    made = {row.id: created_for(row.canonical) for row in copies}
+    live: dict[str, str] = {}
+    wanted = sorted(set(made.values()))
+    for part in _chunks(wanted):
+        live.update(session.exec(select(GoldenAlias.alias_id, GoldenAlias.golden_id)
+                                 .where(GoldenAlias.alias_id.in_(part))).all())
+    left = [g for g in wanted if g not in live]
+    for part in _chunks(left):
+        live.update({g: g for g in session.exec(select(GoldenRecord.golden_id).where(GoldenRecord.golden_id.in_(part)))})
+    touched: set[str] = set()
+    keys = []
+    for row in copies:
+        target = live.get(made[row.id])
+        if target is None:
+            target = live[made[row.id]] = new_golden_id()
+            session.add(GoldenRecord(golden_id=target))
+            session.flush()
+            counts["placed_new"] += 1
+        elif row.golden_id is None:
+            counts["joined"] += 1
+        if row.golden_id and row.golden_id != target:
+            touched.add(row.golden_id)
+        touched.add(target)
+        row.golden_id = target
+        session.add(row)
+        keys.append((row.id, (COPY, made[row.id][:255]), target))
+        own = rules.key_value(f"ext:{row.system}", row.external_id)
+        if own:
+            keys.append((row.id, (f"ext:{row.system}", own[:255]), target))
+    _insert_keys(session, keys)
+    return touched
 
 
 def _old_keys(session: Session, sids: list[int]) -> dict[int, list[tuple[str, str]]]:
@@ -608,23 +668,26 @@ def _resolve(session: Session, live: list[tuple[SourceRow, dict[str, Any]]], gon
              run_id: str | None) -> dict[str, int]:
     n = _Neighbourhood(session)
     _check_index(session)
-    rows = {row.id: (row, p) for row, p in live}
-    sids = list(rows) + [r.id for r in gone]
+    copies = [row for row, _ in live if created_for(row.canonical)]
+    rows = {row.id: (row, p) for row, p in live if not created_for(row.canonical)}
+    sids = list(rows) + [r.id for r in gone] + [r.id for r in copies]
     old = _old_keys(session, sids)
     for part in _chunks(sids):  # the records' previous keys are replaced by what they carry now
         session.exec(delete(IdentityKey).where(IdentityKey.source_id.in_(part)))
-    n.forget_old_keys(old, gone=[r.id for r in gone])
-    n.batch.update(sids)  # gone records are nobody's holders any more
+    # A record that becomes a copy leaves the matching graph like a deleted one.
+    leaving = gone + [r for r in copies if r.id in old and not _was_copy(old[r.id])]
+    n.forget_old_keys(old, gone=[r.id for r in leaving])
+    n.batch.update(sids)  # gone records (and copies) are nobody's holders any more
     for row, p in rows.values():
         n.add_batch(row.id, store_entity(row.system, row.stream, row.external_id, p, n.rules),
-                    row.golden_id, row.id in old)
+                    row.golden_id, row.id in old and not _was_copy(old[row.id]))
 
-    order = _close(n, {r.golden_id for r in gone if r.golden_id})
+    order = _close(n, {r.golden_id for r in leaving if r.golden_id})
     matched = n.pairs_within(order)
     unions: list[tuple[float, int]] = []
     labels, refused = cluster([n.ents[s] for s in order], matched, n.scorer, unions)
     counts = _apply(n, order, labels, unions, run_id=run_id, batch_rows={sid: r for sid, (r, _) in rows.items()},
-                    extra_touched={r.golden_id for r in gone if r.golden_id})
+                    extra_touched={r.golden_id for r in leaving if r.golden_id})
     _insert_keys(session, [(sid, k, row.golden_id) for sid, (row, p) in rows.items()
                            for k in stored_keys(row.system, row.external_id, p, n.ents[sid], n.rules)])
     _bump(session, n)
@@ -632,6 +695,9 @@ def _resolve(session: Session, live: list[tuple[SourceRow, dict[str, Any]]], gon
     session.flush()
     counts.pop("_ids")
     touched = counts.pop("_touched")
+    if copies:
+        touched |= _place_copies(session, copies, counts, n.rules)
+        session.flush()
     counts.update(refresh(session, touched, run_id=run_id))
     return {k: v for k, v in counts.items() if v}
 
@@ -1002,8 +1068,10 @@ def reresolve(session: Session, *, reindex: bool = True, dry_run: bool = False,
                 select(*cols).where(SourceRow.kind == "profile", SourceRow.deleted.is_(False),
                                     SourceRow.golden_id.is_not(None)).order_by(SourceRow.id)
                 .execution_options(yield_per=5000)):
-            prof = (canonical or {}).get("profile")
-            if prof is None:
+            if isinstance(canonical, (str, bytes)):
+                canonical = json.loads(canonical)
+            prof = canonical_facts(canonical)
+            if prof is None or created_for(canonical):  # copies stay where they were made for
                 continue
             n.ents[sid] = store_entity(system, stream, ext, prof, n.rules)
             n.gid[sid] = gid
