@@ -105,7 +105,9 @@ WRITE_CHUNK = 10_000
 QUOTA_RESERVE = 0.02
 SYSTEM_FIELDS = ["Id", "IsDeleted", "MasterRecordId", "CreatedDate", "LastModifiedDate", "SystemModstamp"]
 FIELDS = {
-    "contacts": ["FirstName", "LastName", "Email", "Phone", "MobilePhone", "Title", "Birthdate", "MailingStreet",
+    # Account.Name: the contact's company, read through the relationship in the same query.
+    "contacts": ["AccountId", "Account.Name", "FirstName", "LastName", "Email", "Phone", "MobilePhone", "Title",
+                 "Birthdate", "MailingStreet",
                  "MailingCity", "MailingState", "MailingPostalCode", "MailingCountry", "LeadSource",
                  "HasOptedOutOfEmail", "DoNotCall", "Omnisync_Sms_Opt_Out__c", "Customer_Tier__c",
                  "Omnisync_Golden_Id__c"],
@@ -440,7 +442,9 @@ class SalesforceConnector(Connector):
         return {"rows": rows, "locator": res["locator"]}
 
     def _record(self, stream: str, row: dict[str, Any]) -> SourceRecord:
-        row = {k: v for k, v in row.items() if k != "attributes"}
+        # Relationship objects (Account) carry attributes of their own: REST and Bulk rows agree without them.
+        row = {k: ({f: x for f, x in v.items() if f != "attributes"} if isinstance(v, dict) else v)
+               for k, v in row.items() if k != "attributes"}
         master = row.get("MasterRecordId") if row.get("IsDeleted") else None
         return SourceRecord(system=self.system, stream=stream, external_id=row["Id"],
                             modified_at=_parse_dt(row["SystemModstamp"]), deleted=bool(row.get("IsDeleted")),
@@ -674,9 +678,16 @@ class SalesforceConnector(Connector):
 
 
 def bulk_row(row: dict[str, str]) -> dict[str, Any]:
-    """A Bulk 2.0 CSV row in the shape REST returns: nulls, booleans, numbers and ``+0000`` datetimes."""
+    """A Bulk 2.0 CSV row in the shape REST returns: nulls, booleans, numbers and ``+0000`` datetimes;
+    relationship columns (``Account.Name``) nested, the relationship ``None`` when all of them are empty."""
     out: dict[str, Any] = {}
+    related: dict[str, dict[str, Any]] = {}
     for k, v in row.items():
+        if "." in k:
+            rel, sub = k.split(".", 1)
+            related.setdefault(rel, {})[sub] = None if v in ("", None) else v
+            out[rel] = None  # keeps the column's place; filled below
+            continue
         if v == "" or v is None:
             out[k] = False if k in BOOL_FIELDS else None
         elif k in BOOL_FIELDS:
@@ -687,6 +698,8 @@ def bulk_row(row: dict[str, str]) -> dict[str, Any]:
             out[k] = v[:-1] + "+0000"
         else:
             out[k] = v
+    for rel, node in related.items():
+        out[rel] = node if any(x is not None for x in node.values()) else None
     return out
 
 

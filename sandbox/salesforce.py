@@ -1,11 +1,24 @@
 """Salesforce REST sandbox (served over TLS: simple-salesforce only speaks https).
 
-Objects Contact, Lead and Task (calls and emails logged as activities), seeded lazily from
+Objects Account, Contact, Lead and Task (calls and emails logged as activities), seeded lazily from
 :mod:`sandbox.population`: only an index of ``(SystemModstamp, Id)`` pairs is kept per object and
 a record is computed from its index until something writes it. Person 0, Amara Okafor, is a
 Contact with her work email and a formatted mobile number, and has two call Tasks. Contacts carry
 the org's custom ``Customer_Tier__c`` picklist (Platinum, Gold, Silver, Bronze; Amara is Gold) and
 ``Omnisync_Sms_Opt_Out__c`` checkbox next to the standard ``HasOptedOutOfEmail`` and ``DoNotCall``.
+
+Accounts are the population's employers, one per company (``Name``, ``Industry``, ``Type``, the
+head office's switchboard as ``Phone``, ``Website``, ``Billing*`` address, ``NumberOfEmployees``),
+created before any contact. A contact's ``AccountId`` is its person's company (duplicates agree);
+about 5% are private contacts with none. Amara works at Northwind Traders. These fields are drawn
+from random streams of their own, so the rest of every seeded record is as it was before Accounts
+existed. A contact's company is read the way an integration reads it from Salesforce, through the
+relationship in the same query (``SELECT ..., Account.Name FROM Contact``): no second stream to
+join, and the value arrives with the contact. Relationship fields are answered in ``SELECT`` (REST:
+a nested ``{"attributes", "Name"}`` object, ``null`` without an account; Bulk 2.0: an
+``Account.Name`` CSV column), not in ``WHERE`` or ``ORDER BY``. As in Salesforce, renaming an
+account does not change its contacts' ``SystemModstamp``: incremental reads miss it and
+reconciliation sweeps catch it.
 
 Vendor behaviour reproduced on purpose (specs/README.md, "Salesforce"):
 
@@ -98,7 +111,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from sandbox.framework import Sandbox
-from sandbox.population import JUNK_EMAILS, JUNK_PHONES, contact_person, modstamp, person, phone_variant, typo
+from sandbox.population import (
+    AREA,
+    CITIES,
+    COMPANIES,
+    EPOCH,
+    JUNK_EMAILS,
+    JUNK_PHONES,
+    contact_person,
+    modstamp,
+    person,
+    phone_variant,
+    typo,
+)
 
 SESSION_ID = "00Dsandbox!sandbox-session-id"
 ORG_ID = "00DDn0000000SBXMA2"
@@ -130,7 +155,11 @@ _EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z
 TIERS = ("Platinum", "Gold", "Silver", "Bronze")
 # Field kinds: id, ref, str, email, bool, date, datetime, int. Read-only fields are listed apart.
 SCHEMA: dict[str, dict[str, str]] = {
-    "Contact": {"Id": "id", "FirstName": "str", "LastName": "str", "Email": "email", "Phone": "str",
+    "Account": {"Id": "id", "Name": "str", "Type": "str", "Industry": "str", "Phone": "str", "Website": "str",
+                "BillingStreet": "str", "BillingCity": "str", "BillingState": "str", "BillingPostalCode": "str",
+                "BillingCountry": "str", "NumberOfEmployees": "int", "MasterRecordId": "ref", "IsDeleted": "bool",
+                "CreatedDate": "datetime", "LastModifiedDate": "datetime", "SystemModstamp": "datetime"},
+    "Contact": {"Id": "id", "AccountId": "ref", "FirstName": "str", "LastName": "str", "Email": "email", "Phone": "str",
                 "MobilePhone": "str", "Title": "str", "Birthdate": "date", "MailingStreet": "str",
                 "MailingCity": "str", "MailingState": "str", "MailingPostalCode": "str", "MailingCountry": "str",
                 "LeadSource": "str", "HasOptedOutOfEmail": "bool", "DoNotCall": "bool",
@@ -151,21 +180,29 @@ SCHEMA: dict[str, dict[str, str]] = {
 }
 READ_ONLY = {"Id", "MasterRecordId", "IsDeleted", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsConverted",
              "ConvertedContactId"}
-REQUIRED = {"Contact": ("LastName",), "Lead": ("LastName", "Company"), "Task": ()}
+REQUIRED = {"Account": ("Name",), "Contact": ("LastName",), "Lead": ("LastName", "Company"), "Task": ()}
 PICKLISTS = {("Task", "TaskSubtype"): ("Call", "Email", "Task"),
              ("Task", "CallType"): ("Inbound", "Outbound", "Internal"),
              ("Task", "Status"): ("Not Started", "In Progress", "Completed"),
              ("Task", "Priority"): ("High", "Normal", "Low"),
              ("Lead", "Status"): ("Open - Not Contacted", "Working - Contacted", "Closed - Converted",
                                   "Closed - Not Converted"),
-             ("Contact", "Customer_Tier__c"): TIERS}
-EXTERNAL_IDS = {"Contact": ("Omnisync_Golden_Id__c",), "Lead": ("Omnisync_Golden_Id__c",),
+             ("Contact", "Customer_Tier__c"): TIERS,
+             ("Account", "Type"): ("Customer - Direct", "Customer - Channel", "Prospect", "Partner", "Other")}
+EXTERNAL_IDS = {"Account": (), "Contact": ("Omnisync_Golden_Id__c",), "Lead": ("Omnisync_Golden_Id__c",),
                 "Task": ("Omnisync_Interaction_Id__c",)}
 # External-id fields marked Unique. The golden id is not: duplicates that sales keeps apart in the
 # CRM are linked to one golden record, so several contacts carry the same golden id.
 UNIQUE = {"Task": ("Omnisync_Interaction_Id__c",)}
-PREFIX = {"Contact": "003", "Lead": "00Q", "Task": "00T"}
-SALT = {"Contact": 11, "Lead": 23, "Task": 37}
+PREFIX = {"Account": "001", "Contact": "003", "Lead": "00Q", "Task": "00T"}
+SALT = {"Account": 53, "Contact": 11, "Lead": 23, "Task": 37}
+# Relationship names usable in a SELECT list: (object, relationship) -> (lookup field, parent object).
+RELATIONSHIPS = {("Contact", "Account"): ("AccountId", "Account")}
+INDUSTRIES = {"Northwind Traders": "Retail", "Contoso": "Technology", "Fabrikam": "Manufacturing",
+              "Globex": "Energy", "Initech": "Technology", "Umbrella Health": "Healthcare",
+              "Stark Logistics": "Transportation", "Wayne Retail": "Retail", "Acme Corp": "Manufacturing",
+              "Hooli": "Technology", "Vandelay Imports": "Wholesale", "Tyrell Systems": "Electronics"}
+PRIVATE_CONTACTS = 0.05  # contacts with no account
 DISPOSITIONS = ("Connected", "Left voicemail", "No answer", "Busy")
 TOPICS = ("a refund", "a late delivery", "upgrading the plan", "a billing question", "a password reset",
           "a damaged item", "changing the address")
@@ -509,14 +546,33 @@ def _check_fields(query: Query) -> None:
                         "supported. If you are attempting to use a custom object, be sure to append the '__c' after "
                         "the entity name.", code="INVALID_TYPE")
 
+    def related(f: str) -> None:
+        rel, _, sub = f.partition(".")
+        link = RELATIONSHIPS.get((query.sobject, rel))
+        if link is None or "." in sub:
+            raise SoqlError(f"\nERROR at Row:1:Column:1\nDidn't understand relationship '{rel}' in field path. If you "
+                            "are attempting to use a custom relationship, be sure to append the '__r' after the "
+                            "custom relationship name.", code="INVALID_FIELD")
+        if sub not in SCHEMA[link[1]]:
+            raise SoqlError(f"\nERROR at Row:1:Column:1\nNo such column '{sub}' on entity '{link[1]}'. If you are "
+                            "attempting to use a custom field, be sure to append the '__c' after the custom field "
+                            "name.", code="INVALID_FIELD")
+
     def known(f: str) -> None:
+        if "." in f:
+            # A sandbox limit, said as such: relationship paths are answered in SELECT only.
+            raise SoqlError(f"\nERROR at Row:1:Column:1\nrelationship field '{f}' is supported in SELECT only by "
+                            "this sandbox", code="INVALID_FIELD")
         if f not in schema:
             raise SoqlError(f"\nERROR at Row:1:Column:1\nNo such column '{f}' on entity '{query.sobject}'. If you "
                             "are attempting to use a custom field, be sure to append the '__c' after the custom "
                             "field name.", code="INVALID_FIELD")
 
     for f in query.fields:
-        known(f)
+        if "." in f:
+            related(f)
+        else:
+            known(f)
     for f, _ in query.order:
         known(f)
 
@@ -800,8 +856,8 @@ class SalesforceSandbox(Sandbox):
         self.tables: dict[str, Table] = {}
         self.tasks_n = max(3, int(n * 0.4))
         self.leads_n = max(1, n // 5)
-        for sobject, count, make in (("Contact", n, self._make_contact), ("Lead", self.leads_n, self._make_lead),
-                                     ("Task", self.tasks_n, self._make_task)):
+        for sobject, count, make in (("Account", len(COMPANIES), self._make_account), ("Contact", n, self._make_contact),
+                                     ("Lead", self.leads_n, self._make_lead), ("Task", self.tasks_n, self._make_task)):
             t = Table(sobject, count, make)
             t.base = sorted((self._stamp(sobject, i), i + 1) for i in range(count))
             self.tables[sobject] = t
@@ -817,6 +873,10 @@ class SalesforceSandbox(Sandbox):
         return random.Random((self.seed_value * 1_000_003 + i) * 41 + SALT[sobject] * 101 + salt)
 
     def _stamp(self, sobject: str, i: int) -> int:
+        if sobject == "Account":
+            # Accounts were set up before the people working there: never the latest change.
+            r = random.Random(f"salesforce-account-stamp:{self.seed_value}:{i}")
+            return int((EPOCH + timedelta(seconds=r.randrange(0, 86400 * 290))).timestamp()) * 1000
         if sobject == "Task":
             c = self._task_contact(i)
             if c is not None and self._contact_state(c) == "deleted":
@@ -890,9 +950,30 @@ class SalesforceSandbox(Sandbox):
                  "LeadSource": r.choice(LEAD_SOURCES) if r.random() < 0.5 else None,
                  "HasOptedOutOfEmail": r.random() < 0.04, "DoNotCall": r.random() < 0.02}
         f.update(self._custom_fields(i, pid))
-        f.update({"Omnisync_Golden_Id__c": None, "CreatedDate": created,
+        f.update({"AccountId": self._account_id(i, pid), "Omnisync_Golden_Id__c": None, "CreatedDate": created,
                   "MasterRecordId": sf_id("Contact", self._original(i) + 1) if state == "merged" else None})
         return Rec(i + 1, f, self._stamp("Contact", i), created, deleted=state != "live")
+
+    def _make_account(self, i: int) -> Rec:
+        name = COMPANIES[i]
+        r = random.Random(f"salesforce-account:{self.seed_value}:{name}")
+        city, state, zip3 = CITIES[0] if name == "Northwind Traders" else r.choice(CITIES)
+        stamp = self._stamp("Account", i)
+        created = stamp - r.randrange(0, 86400 * 60) * 1000
+        f = {"Name": name, "Type": "Customer - Direct" if r.random() < 0.8 else "Customer - Channel",
+             "Industry": INDUSTRIES.get(name), "Phone": f"+1{AREA[city]}5550{100 + i}",
+             "Website": f"https://www.{name.lower().replace(' ', '')}.example",
+             "BillingStreet": f"{r.randrange(100, 9999)} {r.choice(('Market St', 'Commerce Way', 'Industrial Pkwy', 'Main St'))}",
+             "BillingCity": city, "BillingState": state, "BillingPostalCode": f"{zip3}{r.randrange(0, 100):02d}",
+             "BillingCountry": "United States", "NumberOfEmployees": r.choice((40, 120, 350, 900, 2500, 12000)),
+             "MasterRecordId": None, "CreatedDate": created}
+        return Rec(i + 1, f, stamp, created)
+
+    def _account_id(self, i: int, pid: int) -> str | None:
+        """The contact's employer, from a random stream of the person's own (duplicates agree)."""
+        if i != 0 and random.Random(f"salesforce-account-of:{self.seed_value}:{pid}").random() < PRIVATE_CONTACTS:
+            return None
+        return sf_id("Account", COMPANIES.index(person(pid, self.seed_value).company) + 1)
 
     def _custom_fields(self, i: int, pid: int) -> dict[str, Any]:
         """The org's custom fields, drawn apart from the standard ones so adding them changed no one else.
@@ -967,15 +1048,33 @@ class SalesforceSandbox(Sandbox):
 
     # --- rendering --------------------------------------------------------------------------------
     def render(self, sobject: str, rec: Rec, fields: list[str] | None = None) -> dict[str, Any]:
+        """A record as REST returns it; a relationship field (``Account.Name``) as a nested object
+        carrying its own ``attributes``, or ``null`` when the lookup is empty."""
         sid = sf_id(sobject, rec.num)
         full = {"Id": sid, **rec.fields, "IsDeleted": rec.deleted, "LastModifiedDate": rec.ts,
                 "SystemModstamp": rec.ts}
         out: dict[str, Any] = {"attributes": {"type": sobject,
                                               "url": f"/services/data/v{API_VERSION}/sobjects/{sobject}/{sid}"}}
-        for f in fields or list(SCHEMA[sobject]):
+        for f in fields if fields is not None else list(SCHEMA[sobject]):
+            if "." in f:
+                rel, sub = f.split(".", 1)
+                parent = self._parent(sobject, rel, full)
+                if parent is None:
+                    out[rel] = None
+                else:
+                    target = RELATIONSHIPS[(sobject, rel)][1]
+                    out[rel] = out.get(rel) or self.render(target, parent, [])
+                    out[rel][sub] = self.render(target, parent, [sub])[sub]
+                continue
             v = full.get(f)
             out[f] = sf_datetime(v) if SCHEMA[sobject][f] == "datetime" and v is not None else v
         return out
+
+    def _parent(self, sobject: str, rel: str, full: dict[str, Any]) -> Rec | None:
+        fk, target = RELATIONSHIPS[(sobject, rel)]
+        ref = parse_id(full.get(fk) or "")
+        parent = self.tables[target].get(ref[1]) if ref and ref[0] == target else None
+        return None if parent is None or parent.deleted else parent
 
     def _row(self, sobject: str, rec: Rec) -> dict[str, Any]:
         """Comparable values for WHERE evaluation (ids shortened to 15 characters)."""
@@ -1143,7 +1242,7 @@ class SalesforceSandbox(Sandbox):
         w.writerow(job.fields)
         for rec in part:
             row = self.render(job.sobject, rec, job.fields)
-            w.writerow([_csv_value(SCHEMA[job.sobject][f], row[f]) for f in job.fields])
+            w.writerow([_csv_value(_kind(job.sobject, f), _dig(row, f)) for f in job.fields])
         end = start + len(part)
         nxt = base64.b64encode(str(end).encode()).decode() if end < len(job.recs) else "null"
         return out.getvalue(), nxt, len(part)
@@ -1945,6 +2044,23 @@ def _csv_value(kind: str, v: Any) -> str:
     if kind == "datetime":
         return str(v).replace("+0000", "Z")
     return str(v)
+
+
+def _kind(sobject: str, field: str) -> str:
+    if "." in field:
+        rel, sub = field.split(".", 1)
+        return SCHEMA[RELATIONSHIPS[(sobject, rel)][1]][sub]
+    return SCHEMA[sobject][field]
+
+
+def _dig(row: dict[str, Any], field: str) -> Any:
+    """A rendered row's value for a field path (``Account.Name`` inside its nested object)."""
+    cur: Any = row
+    for part in field.split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
 
 
 def _sort_key(v: Any) -> tuple[int, Any]:

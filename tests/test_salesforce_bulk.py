@@ -267,7 +267,7 @@ def test_results_of_a_large_job_come_in_no_particular_order_but_all_of_them(http
     {"object": "Contact", "operation": "hardDelete"},
     {"object": "Contact", "operation": "upsert"},
     {"object": "Contact", "operation": "upsert", "externalIdFieldName": "Email"},
-    {"object": "Account", "operation": "insert"},
+    {"object": "Opportunity", "operation": "insert"},
     {"object": "Contact", "operation": "insert", "contentType": "JSON"},
 ])
 def test_ingest_jobs_salesforce_would_refuse_are_refused_at_creation(http, body):

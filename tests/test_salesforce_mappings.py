@@ -36,6 +36,14 @@ def test_contact_maps_to_a_normalized_profile_with_email_and_call_consent():
     assert {(c.channel.value, c.status.value) for c in opted.consent} == {("email", "opted_out")}
 
 
+def test_a_contacts_company_is_its_account_read_through_the_relationship_and_never_written():
+    m = load_mapping("salesforce", "contacts")
+    assert m.inbound(record("contacts", "contact_heroine.json")).company == "Northwind Traders"
+    assert m.inbound(record("contacts", "contact_heroine.json", AccountId=None, Account=None)).company is None, \
+        "a private contact (no account) has no company"
+    assert "company" not in {fm.target for fm in m.outbound_fields()}, "a contact changes company by changing account"
+
+
 def test_an_unknown_mailing_country_is_rejected_naming_the_field_not_the_value():
     with pytest.raises(MappingError) as exc:
         load_mapping("salesforce", "contacts").inbound(record("contacts", "contact_heroine.json",

@@ -66,7 +66,10 @@ def test_compound_cursor_condition_parses_and_evaluates_as_salesforce_would():
     ("SELECT Id FROM Contact LIMIT many", "MALFORMED_QUERY"),
     ("SELECT Id, FROM Contact", "MALFORMED_QUERY"),
     ("SELECT Id FROM Contact WHERE (Id > '1'", "MALFORMED_QUERY"),
-    ("SELECT Id FROM Account", "INVALID_TYPE"),
+    ("SELECT Id FROM Opportunity", "INVALID_TYPE"),
+    ("SELECT Id, Owner.Name FROM Contact", "INVALID_FIELD"),
+    ("SELECT Id, Account.Shoe_Size__c FROM Contact", "INVALID_FIELD"),
+    ("SELECT Id FROM Contact WHERE Account.Name = 'Globex'", "INVALID_FIELD"),
     ("SELECT Id, Shoe_Size__c FROM Contact", "INVALID_FIELD"),
     ("SELECT Id FROM Contact WHERE SystemModstamp > '2026-11-01T00:00:00Z'", "INVALID_QUERY_FILTER_OPERATOR"),
 ])
