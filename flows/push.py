@@ -23,7 +23,7 @@ from sqlmodel import select
 
 from connectors.base import Connector, chunks
 from connectors.errors import AuthError, ConnectorError, QuotaExhaustedError
-from identity.ingest import dead_letter
+from identity.ingest import dead_letter, letter_id, letter_reason
 from identity.push import (
     MERGE_STREAM,
     PushPlan,
@@ -65,11 +65,12 @@ def _dead_letter_once(session, *, system: str, stream: str, external_id: str | N
     """One open letter per record and reason: a write refused again (planned again because the golden
     record changed, or a loop alarm raised run after run) is one more attempt on the same letter,
     so the dead-letter table does not depend on how many runs it took."""
-    masked = mask_text(reason)
+    # Compared in the forms the letter keeps (masked reason, masked or shortened id: letter_id).
+    masked = letter_reason(reason)
     q = select(DeadLetter).where(DeadLetter.resolved_at.is_(None), DeadLetter.system == system,
                                  DeadLetter.stream == stream, DeadLetter.stage == stage, DeadLetter.reason == masked,
                                  DeadLetter.external_id.is_(None) if external_id is None
-                                 else DeadLetter.external_id == external_id)
+                                 else DeadLetter.external_id == letter_id(external_id))
     letter = session.exec(q.limit(1)).first()
     if letter is None:
         dead_letter(session, system=system, stream=stream, external_id=external_id, stage=stage, reason=reason,

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import delete, or_
 from sqlmodel import Session, select
 
-from identity.ingest import tombstone_hash
+from identity.ingest import letter_id, tombstone_hash
 from identity.store import (
     AuditEntry,
     ChangeEvent,
@@ -177,9 +177,11 @@ def erase_store(session: Session, golden_id: str) -> dict[str, int]:
     for ev in session.exec(select(ChangeEvent).where(ChangeEvent.golden_id.in_(gids))):
         ev.detail = {}
         session.add(ev)
-    if source_ids:
-        for i in range(0, len(source_ids), 500):
-            session.exec(delete(DeadLetter).where(DeadLetter.external_id.in_(source_ids[i:i + 500])))
+    # Dead letters keep an id that is an address masked (with a keyed hash: letter_id), so they are
+    # found by that form too, and by her addresses and numbers (a refused unsubscribe has no row).
+    letter_ids = sorted({x for v in [*source_ids, *(v for _, v in idents)] for x in (v, letter_id(v)) if x})
+    for i in range(0, len(letter_ids), 500):
+        session.exec(delete(DeadLetter).where(DeadLetter.external_id.in_(letter_ids[i:i + 500])))
 
     n = 0
     for it in session.exec(select(InteractionRow).where(InteractionRow.golden_id.in_(gids))):

@@ -26,6 +26,8 @@ is stored.
 from __future__ import annotations
 
 import copy
+import math
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,7 +49,7 @@ from identity.store import (
 )
 from mappings.engine import Mapping, MappingConfigError, MappingError, dig, flatten_profile, mappings_for
 from omnisync.model import ConsentEvent, CustomerProfile, Interaction
-from omnisync.privacy import keyed_hash, mask_text
+from omnisync.privacy import EMAIL_RE, keyed_hash, mask_text
 from omnisync.records import Cursor, Page, SourceRecord, as_utc, fingerprint, utcnow
 from omnisync.sealing import seal
 from omnisync.settings import get_settings
@@ -107,12 +109,88 @@ def save_cursor(session: Session, system: str, stream: str, cursor: Cursor, *, r
 
 # --- dead letters --------------------------------------------------------------------------------
 
+ID_MAX = 128  # external ids are VARCHAR(128) in source_record, interaction, consent_event, dead_letter
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")  # NUL (PostgreSQL text) and lone surrogates (UTF-8)
+_E164 = re.compile(r"\+\d{7,15}")
+
+
+def storable(value: Any) -> bool:
+    """Whether a string can be stored in, or looked up by, a text column on every backend."""
+    return isinstance(value, str) and not _UNSTORABLE.search(value)
+
+
+def letter_id(external_id: str | None) -> str | None:
+    """The form a dead letter keeps a record's id in.
+
+    Ordinary vendor ids are kept as they are (erasure and repeat letters find them by it). An id
+    that is an email address or a phone number (SendGrid unsubscribes are keyed by the address)
+    is masked, and an id the store cannot hold (longer than 128 characters, a NUL, a lone
+    surrogate) is shortened; both carry a keyed hash of the whole id, so the form stays unique
+    to its record and :func:`letter_id` of the same id finds it again (erasure does).
+    """
+    if external_id is None:
+        return None
+    text = str(external_id)
+    personal = bool(EMAIL_RE.search(text)) or bool(_E164.fullmatch(text.strip()))
+    if not personal and len(text) <= ID_MAX and storable(text):
+        return text
+    if personal:
+        shown = mask_text(text.strip())
+        hashed = text.strip().lower()  # the address as erasure normalizes it finds the letter
+    else:
+        shown = _UNSTORABLE.sub("?", text)
+        hashed = text
+    secret = get_settings().tombstone_key.get_secret_value()
+    digest = keyed_hash(f"dead-letter-id:{hashed.encode('utf-8', 'surrogatepass').hex()}", secret)[:16]
+    return f"{shown[:ID_MAX - len(digest) - 1]}~{digest}"
+
+
+def _clean(text: str) -> str:
+    """Text a text column takes: NUL spelled out, lone surrogates replaced."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "replace").decode("utf-8")
+
+
+def letter_reason(reason: str) -> str:
+    """The form a dead letter keeps its reason in: masked, and text every store takes."""
+    return _clean(mask_text(reason))
+
+
 def dead_letter(session: Session, *, system: str, stream: str, external_id: str | None, stage: str,
                 reason: str, payload: Any = None, run_id: str | None = None) -> None:
-    """Record a failure: the reason is masked, the payload sealed (replayable, not readable)."""
-    session.add(DeadLetter(system=system, stream=stream, external_id=external_id, stage=stage,
-                           reason=mask_text(reason), payload=seal(payload) if payload is not None else {},
+    """Record a failure: the reason is masked, the payload sealed (replayable, not readable), the
+    record's id kept in its :func:`letter_id` form (no address, nothing the store refuses)."""
+    session.add(DeadLetter(system=system, stream=stream, external_id=letter_id(external_id), stage=stage,
+                           reason=letter_reason(reason), payload=seal(payload) if payload is not None else {},
                            run_id=run_id))
+
+
+def _non_finite(obj: Any) -> str | None:
+    """The path of the first NaN or infinity in a JSON-like value (PostgreSQL's json refuses them)."""
+    stack: list[tuple[Any, str]] = [(obj, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path or "$"
+        if isinstance(value, dict):
+            stack += [(v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(value.items()))]
+        elif isinstance(value, (list, tuple)):
+            stack += [(v, f"{path}.{i}" if path else str(i)) for i, v in reversed(list(enumerate(value)))]
+    return None
+
+
+def _refused(r: SourceRecord) -> str | None:
+    """Why the store cannot hold a record whatever its mapping says (None: it can)."""
+    for what, value in (("external id", r.external_id), ("merged-into id", r.merged_into)):
+        if value is None:
+            continue
+        if not storable(value):
+            return f"its {what} holds a NUL or an unpaired surrogate, which no store column takes"
+        if len(value) > ID_MAX:
+            return f"its {what} is {len(value)} characters; the store keeps at most {ID_MAX}"
+    where = _non_finite(r.payload)
+    if where is not None:
+        return f"payload field {where[:80]!r} is NaN or infinite, which JSON storage (PostgreSQL json) refuses"
+    return None
 
 
 # --- the page pipeline ---------------------------------------------------------------------------
@@ -350,7 +428,8 @@ def _creations(session: Session, system: str, stream: str, todo: list["_Mapped"]
             out[ext] = made[0]
         elif link:
             gid = dig(m.record.payload, link)
-            if isinstance(gid, str) and gid:
+            # Anyone can type into the link field: only a value that could be a key is looked up.
+            if isinstance(gid, str) and gid and storable(gid) and len(gid) <= 40:
                 by_key[f"{gid}|new"] = ext
     keys = sorted(by_key)
     for i in range(0, len(keys), CHUNK):
@@ -442,6 +521,15 @@ def ingest_records(session: Session, records: list[SourceRecord], *, run_id: str
     latest: dict[tuple[str, str, str], SourceRecord] = {}
     for r in records:
         counts.bump(r.system, r.stream, "read")
+        why = _refused(r)
+        if why is not None:
+            # Before any lookup: a value the store refuses would fail the whole batch's query.
+            record = {**r.model_dump(mode="json"), "payload": r.payload}  # NaN kept as read: replay sees it
+            dead_letter(session, system=r.system, stream=r.stream, external_id=r.external_id, stage="map",
+                        reason=f"{r.system}/{r.stream}/{letter_id(r.external_id)}: <record>: {why}",
+                        payload={"record": record}, run_id=run_id)
+            counts.bump(r.system, r.stream, "dead_lettered")
+            continue
         prev = latest.get(r.key)
         if prev is None or (as_utc(r.modified_at), r.deleted) >= (as_utc(prev.modified_at), prev.deleted):
             if prev is not None:
@@ -529,6 +617,14 @@ def _check_and_map(session: Session, r: SourceRecord, mappings: tuple[Mapping, .
         return None
     if not mapped:
         counts.bump(r.system, r.stream, "unchanged")  # e.g. an SMS event that carries no consent change
+        return None
+    where = _non_finite(mapped)
+    if where is not None:  # a transform read a number the payload spelled out ("NaN", "1e400")
+        field_ = where.split(".", 1)[1] if "." in where else where
+        dead_letter(session, system=r.system, stream=r.stream, external_id=r.external_id, stage="map",
+                    reason=f"{r.system}/{r.stream}/{r.external_id}: {field_}: NaN or infinite, which JSON storage "
+                           f"refuses", payload={"record": r.model_dump(mode="json")}, run_id=run_id)
+        counts.bump(r.system, r.stream, "dead_lettered")
         return None
     hashes = [tombstone_hash(kind, v) for kind, v in _identifiers(mapped) if v]
     return _Mapped(r, row, fp, modified, mapped, hashes)

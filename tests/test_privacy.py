@@ -85,8 +85,6 @@ def test_keyed_hash_is_stable_and_key_dependent():
     assert keyed_hash("x", "k1") == keyed_hash("x", "k1") != keyed_hash("x", "k2")
 
 
-@pytest.mark.xfail(strict=True, reason="identity/ingest.py dead_letter() masks the reason but stores external_id raw; "
-                                       "SendGrid unsubscribes use the address as their id (fix belongs in ingest.py)")
 def test_a_dead_letter_keeps_no_address_even_when_the_record_id_is_the_address(tmp_path):
     from datetime import datetime, timezone
 
