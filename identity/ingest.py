@@ -618,14 +618,6 @@ def _check_and_map(session: Session, r: SourceRecord, mappings: tuple[Mapping, .
     if not mapped:
         counts.bump(r.system, r.stream, "unchanged")  # e.g. an SMS event that carries no consent change
         return None
-    where = _non_finite(mapped)
-    if where is not None:  # a transform read a number the payload spelled out ("NaN", "1e400")
-        field_ = where.split(".", 1)[1] if "." in where else where
-        dead_letter(session, system=r.system, stream=r.stream, external_id=r.external_id, stage="map",
-                    reason=f"{r.system}/{r.stream}/{r.external_id}: {field_}: NaN or infinite, which JSON storage "
-                           f"refuses", payload={"record": r.model_dump(mode="json")}, run_id=run_id)
-        counts.bump(r.system, r.stream, "dead_lettered")
-        return None
     hashes = [tombstone_hash(kind, v) for kind, v in _identifiers(mapped) if v]
     return _Mapped(r, row, fp, modified, mapped, hashes)
 
