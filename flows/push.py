@@ -91,8 +91,10 @@ def execute_plan(engine: Engine, plan: PushPlan, connectors: dict[str, Connector
                 _dead_letter_once(
                     session, system=a.system, stream=a.stream, external_id=a.external_id, stage="loop",
                     reason=f"{a.system}/{a.stream}/{a.external_id}: loop alarm: fields {', '.join(a.fields)} "
-                           f"re-written on consecutive runs; another system keeps changing them back. "
-                           f"Fix the field's direction or survivorship rule, then replay.",
+                           f"re-written on consecutive runs; another system keeps changing them back. Not written "
+                           f"again: fix the field's direction (mappings/) or survivorship rule; the record is "
+                           f"planned again when its golden record or this record next changes, or by "
+                           f"`omnisync push --full` (a loop alarm is not replayed).",
                     run_id=run_id)
             if run_id:
                 flag_run(session, run_id, f"loop alarm on {len(plan.alarms)} record(s)")
@@ -120,7 +122,7 @@ def execute_plan(engine: Engine, plan: PushPlan, connectors: dict[str, Connector
             continue
         finally:
             result.api_calls[system] = conn.api_calls - before
-        run_in_transaction(lambda s, system=system: save_push_checkpoint(s, system, plan.seq), engine)
+        run_in_transaction(lambda s, system=system: save_push_checkpoint(s, system, plan.seq, plan.planned_at), engine)
     return result
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from identity.store import (
     SourceRow,
 )
 from mappings.engine import Mapping, MappingConfigError, dig, flatten_profile, load_mapping, mappings_for
-from omnisync.records import OutboundRecord, SourceRecord, WriteOutcome, WriteStatus, fingerprint, utcnow
+from omnisync.records import OutboundRecord, SourceRecord, WriteOutcome, WriteStatus, as_utc, fingerprint, utcnow
 
 OWNERSHIP = Path(__file__).resolve().parent.parent / "mappings" / "ownership.yaml"
 
@@ -101,6 +102,7 @@ class PushPlan:
     # a merge copies them into the survivor, where they are still our writes (see note_merge).
     merge_since: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
     seq: int = 0  # change-feed position this plan covers
+    planned_at: datetime | None = None  # records resolved before this are covered (None: a chosen few only)
 
     def stream(self, system: str, stream: str) -> StreamPlan:
         return self.streams.setdefault((system, stream), StreamPlan(system, stream))
@@ -222,13 +224,37 @@ def push_checkpoint(session: Session, system: str) -> int:
     return int(row.cursor.get("seq", 0)) if row and row.cursor else 0
 
 
-def save_push_checkpoint(session: Session, system: str, seq: int) -> None:
+def push_time(session: Session, system: str) -> datetime | None:
+    """When the plan of the system's last completed push was made (None: never, or not recorded)."""
+    row = session.get(Checkpoint, (f"push:{system}", "golden", ""))
+    at = (row.cursor or {}).get("at") if row else None
+    return as_utc(datetime.fromisoformat(at)) if at else None
+
+
+_NOW = object()
+
+
+def save_push_checkpoint(session: Session, system: str, seq: int, at: Any = _NOW) -> None:
+    """The system is in line with the change feed up to ``seq`` and with its records as resolved
+    before ``at`` (when the plan was made; default now; None keeps the time recorded before)."""
     row = session.get(Checkpoint, (f"push:{system}", "golden", "")) or Checkpoint(
         system=f"push:{system}", stream="golden", partition="")
-    row.cursor = {"seq": seq}
+    at = utcnow() if at is _NOW else at
+    before = (row.cursor or {}).get("at")
+    row.cursor = {"seq": seq, **({"at": as_utc(at).isoformat()} if at is not None else {"at": before} if before else {})}
     row.batches += 1
     row.updated_at = utcnow()
     session.add(row)
+
+
+def reread_golden_ids(session: Session, system: str, stream: str, after: datetime) -> list[str]:
+    """Golden records whose record in ``system``/``stream`` was read with new facts (changed there,
+    not our echo: echoes are not resolved) after ``after``. A target changed by its users may now
+    disagree with its golden record although the golden record did not change -- a box unticked
+    after we ticked it: opt-out wins, so it is planned again in the same run."""
+    return list(session.exec(select(SourceRow.golden_id).where(
+        SourceRow.system == system, SourceRow.stream == stream, SourceRow.kind == "profile",
+        SourceRow.deleted.is_(False), SourceRow.golden_id.is_not(None), SourceRow.resolved_at > after).distinct()))
 
 
 def changed_golden_ids(session: Session, since: int) -> tuple[list[str], int]:
@@ -242,10 +268,11 @@ def plan_push(session: Session, systems: list[str], *, full: bool = False,
               golden_ids: list[str] | None = None) -> PushPlan:
     """Plan the writes that bring ``systems`` in line with the golden records that changed.
 
-    ``full`` plans against every active golden record (reconciliation); otherwise only those in
-    the change feed since each system's last push.
+    ``full`` plans against every active golden record (reconciliation); otherwise those in the
+    change feed since each system's last push, and those whose record in the system was re-read
+    with new facts since that push was planned (:func:`reread_golden_ids`).
     """
-    plan = PushPlan()
+    plan = PushPlan(planned_at=None if golden_ids is not None else utcnow())
     ledger_cache: dict[tuple[str, str], dict[str, OutboundLedger]] = {}
     for system in systems:
         pol = policy(system)
@@ -257,6 +284,9 @@ def plan_push(session: Session, systems: list[str], *, full: bool = False,
             top = session.exec(select(func.max(ChangeEvent.seq))).one() or 0
         else:
             ids, top = changed_golden_ids(session, since)
+            last = push_time(session, system)
+            if last is not None and pol.get("profile_stream"):
+                ids = list(dict.fromkeys(ids + reread_golden_ids(session, system, pol["profile_stream"], last)))
         plan.seq = max(plan.seq, top)
         if not ids:
             continue
@@ -357,10 +387,13 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
             held = _opted_out(row)
             key = ledger_key(g.golden_id, row.external_id)
             led = ledger.get(key)
+            made = ledger.get(ledger_key(g.golden_id, None))
+            made = made if made is not None and made.external_id == row.external_id else None
             if led is None:  # a record omnisync created: what it wrote is under the creation key
-                made = ledger.get(ledger_key(g.golden_id, None))
-                led = made if made is not None and made.external_id == row.external_id else None
-            wrote = (led.payload or {}).get("vendor", {}) if led else {}
+                led = made
+            # What we wrote to this record: when we created it, then since (later writes win).
+            wrote = {**((made.payload or {}).get("vendor", {}) if made is not None and made is not led else {}),
+                     **((led.payload or {}).get("vendor", {}) if led else {})}
             # Writes planned against this same version and not read back yet compose with this one.
             since = dict((led.payload or {}).get("since") or {}) \
                 if led is not None and (led.payload or {}).get("since_fp") == row.fingerprint else {}
@@ -380,8 +413,11 @@ def _plan_profiles(session: Session, plan: PushPlan, system: str, pol: dict[str,
                 theirs = ((row.canonical or {}).get("profile") or {}).get(canon) if canon else None
                 if theirs and set(theirs) <= set(flat.get(canon) or []):
                     continue  # the record holds the person's own addresses/numbers: nothing to correct
-                if path in links and current.get(path) in (None, "") and _norm(wrote.get(path)) == _norm(value):
-                    continue  # a link field the vendor's list call does not return: the ledger knows we set it
+                if (path in links or not _carried(row.payload, path)) and current.get(path) in (None, "") \
+                        and _norm(wrote.get(path)) == _norm(value):
+                    # a field the target's read does not return (a link, a Zoom custom field, one the connector
+                    # does not select): what it holds is unknown, and the ledger knows we set it
+                    continue
                 if path in keep_theirs and current.get(path) not in (None, ""):
                     continue  # the system owns this field once it has a value: golden fills blanks only
                 target_field = consent_paths.get(path)
@@ -420,6 +456,17 @@ def field_rule(system: str, target: str) -> str:
         raise MappingConfigError(f"mappings/ownership.yaml: {system}: field {target}: rule must be overwrite or "
                                  f"fill_blank, not {rule!r}")
     return rule
+
+
+def _carried(payload: dict[str, Any] | None, path: str) -> bool:
+    """Whether the stored vendor record has ``path`` at all: a null counts (the vendor says it is
+    empty); an absent key does not (the read never asked for it, or the vendor never returns it)."""
+    cur: Any = payload or {}
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return False
+        cur = cur[part]
+    return True
 
 
 def _opted_out(row: SourceRow) -> set[str]:

@@ -121,6 +121,11 @@ def test_a_record_changed_back_every_run_raises_a_loop_alarm(store_url):
         letters = list(s.exec(select(DeadLetter).where(DeadLetter.stage == "loop")))
         led = s.exec(select(OutboundLedger)).one()
     assert letters and "loop alarm" in letters[0].reason and led.bounces >= 2
+    # The letter says what brings the record back, and no step that does nothing (replay is for map letters).
+    assert "omnisync push --full" in letters[0].reason and "then replay" not in letters[0].reason
+    from flows.replay import replay
+
+    assert replay(engine)["replayed"] == 0
 
 
 class _QuotaMidWrite(FakeConnector):

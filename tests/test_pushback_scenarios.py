@@ -107,11 +107,6 @@ def test_sms_and_call_opt_outs_tick_hubspots_boxes_and_an_opt_in_never_unticks_t
     assert "omnisync_sms_opt_out" not in written(plan, "h2"), "an opt-in never unticks an opt-out"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "identity/push.py plans only golden records in the change feed: a target re-read with its opt-out box "
-    "unticked (a weaker statement: golden is unchanged) is not planned, so the box stays unticked until "
-    "golden changes or a full reconciliation. Fix there: also plan the golden ids of the target's profile "
-    "rows resolved (not as echoes) since its last push"))
 def test_a_box_unticked_in_the_target_after_the_opt_out_is_ticked_again_by_the_next_push(store_url):
     from identity.push import save_push_checkpoint
 
@@ -136,12 +131,6 @@ def test_a_box_unticked_in_the_target_after_the_opt_out_is_ticked_again_by_the_n
 ZOOM = load_mapping("zoom", "address_book_contacts")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "identity/push.py compares each outbound field with what the target's record shows, and Zoom's contact "
-    "list never shows custom field values: the opt-out written when omnisync created the contact is written "
-    "again at every reconciliation (and the golden-id link too once a later write has its own ledger row), "
-    "counting towards a loop alarm. Fix there: a path absent from the stored payload is unknown, so trust "
-    "the ledger as for links, and read what was written at creation with what was written since"))
 def test_a_field_the_target_never_returns_is_not_rewritten_by_a_reconciliation(store_url):
     engine = get_engine(store_url)
     sms_out = [{"channel": "sms", "purpose": "marketing", "status": "opted_out", "observed_at": T0.isoformat(),
