@@ -274,6 +274,8 @@ class BearerAuth(httpx.Auth):
     def __init__(self, tokens: TokenSource, *, expired: Callable[[httpx.Response], bool] | None = None):
         self.tokens = tokens
         self.expired = expired or (lambda r: r.status_code == 401)
+        self.resent = 0  # requests sent again with a renewed token (API calls the caller did not count)
+        self._lock = threading.Lock()
 
     def auth_flow(self, request: httpx.Request):
         token = self.tokens.current()
@@ -283,6 +285,8 @@ class BearerAuth(httpx.Auth):
             fresh = self.tokens.renew(token)
             if fresh is not None:
                 request.headers["Authorization"] = f"Bearer {fresh}"
+                with self._lock:
+                    self.resent += 1
                 yield request
 
 

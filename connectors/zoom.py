@@ -162,8 +162,9 @@ class ZoomConnector(Connector):
                                         lambda: _fetch_token(credentials, timeout))
         else:
             self.tokens = TokenSource(None, initial=credentials.access_token.get_secret_value())
+        self.auth = BearerAuth(self.tokens)
         common = dict(system=self.system, base_url=credentials.base_url.rstrip("/"), timeout=timeout,
-                      auth=BearerAuth(self.tokens), headers={"Accept": "application/json"},
+                      auth=self.auth, headers={"Accept": "application/json"},
                       budget=budget, error_code=self._error_code, usage=_usage)
         self.http = HttpLayer(policy=self.policy, **common)
         # Creates go through a layer that never retries: a lost answer is resolved by looking the
@@ -172,7 +173,7 @@ class ZoomConnector(Connector):
 
     @property
     def api_calls(self) -> int:
-        return self.http.stats.total + self._single.stats.total
+        return self.http.stats.total + self._single.stats.total + self.auth.resent
 
     def close(self) -> None:
         self.http.close()

@@ -82,6 +82,7 @@ def test_a_token_refused_as_expired_is_renewed_once_and_the_request_sent_again()
     assert token.call_count == 2 and books.call_count == 2
     assert books.calls[1].request.headers["Authorization"] == "Bearer fixture-token-two"
     assert conn.http.stats.retries == 0, "a renewal is not a retry of the call: it does not spend the retry budget"
+    assert conn.api_calls == 2, "the request sent again is an API call all the same"
 
 
 def test_a_new_token_refused_too_fails_once_with_what_to_check():
