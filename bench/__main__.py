@@ -16,7 +16,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-MODULES = ["salesforce_bench", "hubspot_bench", "pipeline_bench", "push_bench", "identity_bench",
+MODULES = ["salesforce_bench", "hubspot_bench", "resync_bench", "pipeline_bench", "push_bench", "identity_bench",
            "webhook_bench", "api_bench"]
 
 
