@@ -16,6 +16,11 @@ ledger. The rules it applies:
   takes a record coming back as our echo when it differs from the version we last read only in
   values we wrote since (:mod:`identity.ingest`); ``inbound_fingerprint`` is the canonical
   fingerprint of that version plus all of ``since``.
+* What is planned: golden records in the change feed since the system's last push, and those
+  whose record in the system was re-read with new facts since that push was planned (a user
+  unticked an opt-out box we ticked: the golden record did not change, the target is put back in
+  the same run). A field the target's read never returns (Zoom custom fields, the golden-id link)
+  is unknown there: what the ledger says we wrote, at creation or since, is not written again.
 * A record re-written run after run (two systems fighting over a field) raises a loop alarm
   after ``loop_threshold`` runs: it is dead-lettered and the run flagged, never ping-ponged.
 * A circuit breaker refuses a push that would overwrite more than ``breaker_share`` of a system's
