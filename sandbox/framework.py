@@ -70,6 +70,9 @@ class Sandbox:
 
     name: str = "sandbox"
     tls: bool = False
+    # Paths of another vendor service (an OAuth token endpoint): logged, but outside the API's
+    # call counting, limits and injected faults.
+    unmetered_paths: frozenset[str] = frozenset()
 
     def __init__(self, *, size: int = 100, seed: int = 1):
         self.size = size
@@ -183,6 +186,8 @@ class _SandboxMiddleware:
         method = scope["method"]
         if path.startswith("/_sandbox/"):
             return await self.app(scope, receive, send)
+        if path in sb.unmetered_paths:
+            return await self.app(scope, receive, _LoggedSend(sb, scope, send))
 
         f = sb.faults
         applies = f.paths is None or re.search(f.paths, path) is not None
@@ -219,13 +224,12 @@ class _SandboxMiddleware:
 
         truncate = applies and roll_t < f.rate_truncate
         extra = sb.response_headers()
-        status_holder = {"status": 0}
         body_parts: list[bytes] = []
         start_msg: dict[str, Any] = {}
+        logged = _LoggedSend(sb, scope, send)
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
                 headers = list(message.get("headers", []))
                 present = {k.lower() for k, _ in headers}
                 for k, v in extra.items():
@@ -235,7 +239,7 @@ class _SandboxMiddleware:
                 if truncate:
                     start_msg.update(message)
                     return
-                await send(message)
+                await logged(message)
             elif message["type"] == "http.response.body" and truncate:
                 body_parts.append(message.get("body", b""))
                 if not message.get("more_body"):
@@ -243,16 +247,28 @@ class _SandboxMiddleware:
                     cut = body[: max(1, len(body) // 2)]
                     headers = [(k, v) for k, v in start_msg["headers"] if k.lower() != b"content-length"]
                     headers.append((b"content-length", str(len(cut)).encode()))
-                    await send({**start_msg, "headers": headers})
-                    await send({"type": "http.response.body", "body": cut})
                     sb.log.faults_injected["truncate"] += 1
+                    await logged({**start_msg, "headers": headers})
+                    await logged({"type": "http.response.body", "body": cut})
             else:
-                await send(message)
+                await logged(message)
 
         await self.app(scope, receive, send_wrapper)
-        route = scope.get("route")
-        endpoint = getattr(route, "path", path)
-        sb.log.add(method, endpoint, status_holder["status"])
+
+
+class _LoggedSend:
+    """An ASGI ``send`` that logs the request (route template, status) as its answer starts, so a
+    client holding its answer always finds its request in the log (a 204 is complete at its start:
+    logging after the app returned raced the client's next look at the log)."""
+
+    def __init__(self, sb: Sandbox, scope: dict[str, Any], send: Any):
+        self.sb, self.scope, self.send = sb, scope, send
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            route = self.scope.get("route")
+            self.sb.log.add(self.scope["method"], getattr(route, "path", self.scope["path"]), message["status"])
+        await self.send(message)
 
 
 def free_port() -> int:

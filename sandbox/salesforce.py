@@ -709,6 +709,7 @@ class IngestJob:
 class SalesforceSandbox(Sandbox):
     name = "salesforce"
     tls = True
+    unmetered_paths = frozenset({TOKEN_PATH})  # the login service, not the org's API allocation
 
     def __init__(self, *, size: int = 100, seed: int = 1, keep_alive: bool = False):
         # Idle keep-alive TLS connections hold up uvicorn's shutdown (it waits for the client's
@@ -763,27 +764,6 @@ class SalesforceSandbox(Sandbox):
         return 200, {"access_token": token, "signature": signature, "scope": "api",
                      "instance_url": base, "id": f"{base}/id/{ORG_ID}/{USER_IDS[0]}AAA",
                      "token_type": "Bearer", "issued_at": issued}
-
-    def asgi(self):
-        """Token requests are logged but kept out of the API's allocation and injected faults."""
-        api = super().asgi()
-        app = self.app
-        log = self.log
-
-        async def serve(scope, receive, send):
-            if scope["type"] != "http" or scope["path"] != TOKEN_PATH:
-                return await api(scope, receive, send)
-            status = {"code": 0}
-
-            async def send_wrapper(message):
-                if message["type"] == "http.response.start":
-                    status["code"] = message["status"]
-                await send(message)
-
-            await app(scope, receive, send_wrapper)
-            log.add(scope["method"], TOKEN_PATH, status["code"])
-
-        return serve
 
     # --- framework hooks ------------------------------------------------------------------------
     def credentials(self) -> dict[str, Any]:

@@ -156,6 +156,7 @@ LIST_FIELDS = ("start_time", "end_time", "duration", "engagement_id", "direction
 
 class ZoomSandbox(Sandbox):
     name = "zoom"
+    unmetered_paths = frozenset({TOKEN_PATH})  # zoom.us, not the Contact Center API
 
     def __init__(self, *, size: int = 100, seed: int = 1, token_lifetime_s: float = ACCESS_TOKEN_LIFETIME_S):
         self._qps: tuple[int, int] = (0, 0)
@@ -208,28 +209,6 @@ class ZoomSandbox(Sandbox):
         token, life = self.issue_token()
         return JSONResponse({"access_token": token, "token_type": "bearer", "expires_in": int(life) or 1,
                              "scope": SCOPES, "api_url": self.base_url or "https://api.zoom.us"})
-
-    def asgi(self):
-        """Token requests go to another Zoom service (zoom.us): logged here, but outside the API's
-        fault injection, daily limit and per-second limit."""
-        api = super().asgi()
-        app = self.app
-        log = self.log
-
-        async def serve(scope, receive, send):
-            if scope["type"] != "http" or scope["path"] != TOKEN_PATH:
-                return await api(scope, receive, send)
-            status = {"code": 0}
-
-            async def send_wrapper(message):
-                if message["type"] == "http.response.start":
-                    status["code"] = message["status"]
-                await send(message)
-
-            await app(scope, receive, send_wrapper)
-            log.add(scope["method"], TOKEN_PATH, status["code"])
-
-        return serve
 
     # --- state ---------------------------------------------------------------------------------
     def seed(self) -> None:
