@@ -403,21 +403,27 @@ class HttpLayer:
 
     def request(self, method: str, url: str, *, endpoint: str | None = None, **kw: Any) -> httpx.Response:
         """Send a request, retrying transient faults; raise a classified error otherwise."""
+        return self._retried(lambda e: self._once(method, url, e, **kw), url, endpoint)
+
+    def json(self, method: str, url: str, *, endpoint: str | None = None, **kw: Any) -> Any:
+        """:meth:`request` and its JSON body; a body that does not parse (a truncated answer is a
+        transport fault in disguise) is retried with the call, within the same retry policy."""
+        def once(e: str) -> Any:
+            resp = self._once(method, url, e, **kw)
+            try:
+                return resp.json()
+            except ValueError as exc:
+                raise TransientError(f"unreadable JSON from {e}", system=self.system) from exc
+
+        return self._retried(once, url, endpoint)
+
+    def _retried(self, fn: Callable[[str], T], url: str, endpoint: str | None) -> T:
         endpoint = endpoint or url.split("?")[0]
 
         def on_retry(_: BaseException) -> None:
             self.stats.retries += 1
 
-        return with_retries(lambda: self._once(method, url, endpoint, **kw), policy=self.policy,
-                            on_retry=on_retry)
-
-    def json(self, method: str, url: str, **kw: Any) -> Any:
-        resp = self.request(method, url, **kw)
-        try:
-            return resp.json()
-        except ValueError as e:
-            # A truncated body is a transport fault in disguise: retry the whole call once more.
-            raise TransientError(f"unreadable JSON from {url.split('?')[0]}", system=self.system) from e
+        return with_retries(lambda: fn(endpoint), policy=self.policy, on_retry=on_retry)
 
 
 class Paging:

@@ -76,10 +76,15 @@ def test_vendor_codes_override_the_status_classification():
             assert http.stats.total == 1
 
 
-def test_truncated_json_is_treated_as_transient():
+def test_a_truncated_json_body_is_retried_with_the_call_and_then_given_up():
     with respx.mock(assert_all_called=True) as mock:
-        mock.get(f"{BASE}/page").mock(side_effect=[httpx.Response(200, content=b'{"items": [1, 2'),
-                                                   httpx.Response(200, json={"items": [1, 2]})])
+        route = mock.get(f"{BASE}/page").mock(side_effect=[httpx.Response(200, content=b'{"items": [1, 2'),
+                                                           httpx.Response(200, json={"items": [1, 2]})])
+        with layer() as http:
+            assert http.json("GET", "/page") == {"items": [1, 2]}
+            assert route.call_count == 2 and http.stats.retries == 1
+    with respx.mock(assert_all_called=True) as mock:
+        mock.get(f"{BASE}/page").mock(return_value=httpx.Response(200, content=b'{"items": [1, 2'))
         with layer() as http:
             with pytest.raises(TransientError, match="unreadable JSON"):
                 http.json("GET", "/page")
