@@ -419,8 +419,14 @@ class ZoomConnector(Connector):
             try:
                 outcomes[rec.key] = self._write_one(book, fields, rec, existing)
                 transient = 0
-            except (AuthError, QuotaExhaustedError):
+            except AuthError:
                 raise
+            except QuotaExhaustedError as e:
+                # What was written stays confirmed (the caller records it); the rest waits for the quota.
+                for later in records[i:]:
+                    outcomes.setdefault(later.key, WriteOutcome(
+                        later.key, WriteStatus.failed, external_id=later.external_id, retryable=True, error=str(e)))
+                break
             except ConnectorError as e:
                 outcomes[rec.key] = self._failed(rec, e)
                 transient = transient + 1 if e.retryable else 0

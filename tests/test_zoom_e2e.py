@@ -123,3 +123,24 @@ def test_creates_whose_answers_are_cut_off_never_duplicate_a_contact(zoom):
     names = Counter(c["display_name"] for c in sb.contacts.values() if c["display_name"].startswith("Cut Off"))
     assert len(names) == 12 and set(names.values()) == {1}, "each golden record exists exactly once"
     assert {o.external_id for o in outcomes if o.ok} <= {o.external_id for o in again}
+
+
+def test_a_quota_spent_mid_write_keeps_what_was_written_and_hands_the_rest_back_retryable(zoom):
+    sb, _, conn, make = zoom
+    pushes = [OutboundRecord(key=f"G-q{i}|new", match={"omnisync_golden_id": f"G-q{i}"},
+                             payload={"display_name": f"Quota Person {i}", "emails": [f"q{i}@example.org"]})
+              for i in range(6)]
+    conn.check()  # the address book and custom fields are known before the quota bites
+    conn.write("address_book_contacts", pushes[:1])
+    sb.set_faults(daily_quota=sb.calls_used + 3)  # room for a couple more creates only
+    out = conn.write("address_book_contacts", pushes[1:])
+    written = [o for o in out if o.ok]
+    rest = [o for o in out if not o.ok]
+    assert written and rest, [o.status for o in out]
+    assert all(o.status is WriteStatus.created and o.external_id in sb.contacts for o in written)
+    assert all(o.retryable and "quota" in (o.error or "").lower() for o in rest)
+    sb.set_faults(daily_quota=None)
+    again = make().write("address_book_contacts", [p for p, o in zip(pushes[1:], out) if not o.ok])
+    assert all(o.status is WriteStatus.created for o in again)
+    names = [c["display_name"] for c in sb.contacts.values() if c["display_name"].startswith("Quota Person")]
+    assert sorted(names) == [f"Quota Person {i}" for i in range(6)], "each person once"
