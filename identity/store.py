@@ -49,6 +49,8 @@ class SourceRow(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("system", "stream", "external_id", name="uq_source_record"),
         Index("ix_source_record_golden", "golden_id"),
+        # The push planner's "re-read with new facts since the last push" (identity.push.reread_golden_ids).
+        Index("ix_source_record_resolved", "system", "stream", "resolved_at"),
     )
     id: int | None = Field(default=None, primary_key=True)
     system: str = Field(max_length=32)
