@@ -29,6 +29,7 @@ from sqlmodel import Session, select
 from api import keys
 from api.app import create_app
 from api.webhooks import WebhookConfig, router, webhook_config
+from connectors.errors import BadRequestError
 from connectors.http import HttpLayer
 from identity import truth
 from identity.csv_resolve import run as resolve_csv
@@ -209,11 +210,12 @@ def test_outbound_calls_encode_record_values_in_paths_and_refuse_raw_crlf():
         ref = raw.removeprefix("/v1/spaces/spa_test/collections/users/profiles/").split("?")[0]
         assert ref.count("/") == 1 and ref.endswith("/traits"), raw  # the value stays one path segment
         assert "x-evil" not in call.request.headers
-    # Below every connector: a raw CR/LF in a URL never leaves the process.
+    # Below every connector: a raw CR/LF in a URL never leaves the process (refused as that
+    # record's bad request, not an exception that would abort the batch).
     layer = HttpLayer(system="test", base_url="https://api.vendor.test")
     with respx.mock(assert_all_mocked=True, assert_all_called=False) as mock:
         anything = mock.route().respond(200, json={})
-        with pytest.raises(httpx.InvalidURL):
+        with pytest.raises(BadRequestError, match="not a valid URL"):
             layer.request("GET", "/v1/contacts/a\r\nX-Evil: 1")
         assert not anything.called
     layer.close()
