@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,9 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from bench.stores import pg_reachable, scratch_store
+
 ROOT = Path(__file__).resolve().parent.parent
-PG_URL = os.environ.get("OMNISYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CHUNK = 5_000
 WARMUP = 50
@@ -48,17 +48,6 @@ def _pct(xs: list[float], p: float) -> float:
 def _ms(xs: list[float]) -> dict[str, float]:
     return {"p50_ms": round(_pct(xs, 50) * 1000, 2), "p99_ms": round(_pct(xs, 99) * 1000, 2),
             "mean_ms": round(statistics.fmean(xs) * 1000, 2), "n": len(xs)}
-
-
-def _pg_ok() -> bool:
-    try:
-        eng = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with eng.connect() as c:
-            c.exec_driver_sql("select 1")
-        eng.dispose()
-        return True
-    except Exception:
-        return False
 
 
 def _phone(i: int) -> str:
@@ -256,30 +245,12 @@ async def _open_loop(port: int, key: str, phones: list[str], rps: int, conns: in
     return lat, errors, elapsed
 
 
-def _store(backend: str):
-    """A fresh store URL on ``backend`` and a clean-up function."""
-    if backend == "postgresql":
-        schema = f"bench_api_{uuid.uuid4().hex[:10]}"
-        admin = sa.create_engine(PG_URL)
-        with admin.begin() as c:
-            c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-
-        def drop() -> None:
-            with admin.begin() as c:
-                c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-            admin.dispose()
-
-        return f"{PG_URL}?options=-csearch_path%3D{schema}", drop
-    tmp = tempfile.TemporaryDirectory(prefix="api_bench_")
-    return f"sqlite:///{tmp.name}/store.db", tmp.cleanup
-
-
 def run_size(backend: str, n: int, *, requests: int, rps: int, seconds: float) -> dict[str, Any]:
     from api import keys
     from identity.store import dispose_engines, get_engine
     from omnisync.settings import reset_settings
 
-    url, cleanup = _store(backend)
+    url, cleanup = scratch_store(backend, "bench_api")
     saved = os.environ.get("OMNISYNC_DATABASE_URL")
     try:
         engine = get_engine(url)
@@ -305,7 +276,7 @@ def run_size(backend: str, n: int, *, requests: int, rps: int, seconds: float) -
 
 
 def main(quick: bool = False) -> dict[str, Any]:
-    backend = "postgresql" if _pg_ok() else "sqlite"
+    backend = "postgresql" if pg_reachable() else "sqlite"
     env_sizes = os.environ.get("OMNISYNC_BENCH_API_SIZES")
     sizes = [int(x) for x in env_sizes.split(",")] if env_sizes else ([1_000, 10_000] if quick else [100_000, 1_000_000])
     rps = int(os.environ.get("OMNISYNC_BENCH_API_RPS", "500"))

@@ -56,6 +56,8 @@ from typing import Any
 
 import httpx
 
+from bench.stores import PG_URL, create_pg_schema, drop_pg_schema
+
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = ["salesforce", "hubspot", "zoom", "twilio", "sendgrid", "segment"]
 SEED = 3
@@ -94,25 +96,14 @@ def use_store(workdir: Path, name: str) -> str:
     return url
 
 
-PG_URL = os.environ.get("OMNISYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
 def use_pg_store(workdir: Path, schema: str) -> str | None:
     """Point this process at a fresh PostgreSQL schema (None when the server is unreachable)."""
-    import sqlalchemy as sa
-
     from identity.store import dispose_engines
     from omnisync.settings import reset_settings
 
-    admin = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        with admin.begin() as c:
-            c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')  # a name this module makes, not input
-    except sa.exc.OperationalError:
+    url = create_pg_schema(schema)
+    if url is None:
         return None
-    finally:
-        admin.dispose()
-    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
     dispose_engines()
     os.environ.update(OMNISYNC_DATABASE_URL=url, OMNISYNC_SANDBOX_INFO=str(workdir / "sandboxes.json"),
                       OMNISYNC_HOME=str(workdir / "home"))
@@ -120,18 +111,11 @@ def use_pg_store(workdir: Path, schema: str) -> str | None:
     return url
 
 
-def drop_pg_schema(schema: str) -> None:
-    import sqlalchemy as sa
-
+def drop_store_schema(schema: str) -> None:
     from identity.store import dispose_engines
 
     dispose_engines()
-    admin = sa.create_engine(PG_URL)
-    try:
-        with admin.begin() as c:
-            c.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        admin.dispose()
+    drop_pg_schema(schema)
 
 
 def pushed_writes(summary: dict[str, Any]) -> int:
@@ -557,7 +541,7 @@ def concurrent_trial(root: Path, size: int, base: Baseline, seed: int, *, runs: 
         return d
     finally:
         cluster.stop()
-        drop_pg_schema(schema)
+        drop_store_schema(schema)
 
 
 SCENARIOS = {"faults-20%": faults_trial, "sigkill": sigkill_trial, "quota": quota_trial,

@@ -43,6 +43,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from bench.stores import scratch_store
 from identity import truth
 from identity.batch import MemoryIndex, no_gc, resolve
 from identity.matching import RowReader, Scorer
@@ -196,7 +197,6 @@ def _realtime(entities: list[Any], rows: list[dict[str, str]], scorer: Scorer) -
 STORE_CHUNK = 200_000  # generated records per fill chunk (each chunk its own seed and id prefix)
 STORE_PROBES = 2_000
 STORE_WARMUP = 200
-PG_URL = os.environ.get("OMNISYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def profile_of(row: dict[str, str]) -> dict[str, Any]:
@@ -226,27 +226,6 @@ def profile_of(row: dict[str, str]) -> dict[str, Any]:
                            phones=phones, cdp_user_id=row["cdp_user_id"] or None,
                            birth_date=date(dob // 10000, dob // 100 % 100, dob % 100) if dob else None,
                            addresses=[addr] if any(addr.values()) else []).model_dump(mode="json")
-
-
-def _store_url(backend: str) -> tuple[str, Any]:
-    import tempfile
-    import uuid
-
-    import sqlalchemy as sa
-
-    if backend == "sqlite":
-        d = tempfile.mkdtemp(prefix="omnisync-idbench-")
-        return f"sqlite:///{d}/store.db", lambda: __import__("shutil").rmtree(d, ignore_errors=True)
-    schema = f"idbench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as c:
-        c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-
-    def drop() -> None:
-        with admin.begin() as c:
-            c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
-    return f"{PG_URL}?options=-csearch_path%3D{schema}", drop
 
 
 def fill_store(engine: Any, goldens: int, scorer: Scorer, probes: int) -> tuple[list[tuple], dict[str, Any]]:
@@ -323,11 +302,11 @@ def fill_store(engine: Any, goldens: int, scorer: Scorer, probes: int) -> tuple[
 
 
 def _store_realtime(backend: str, goldens: int, scorer: Scorer, probes: int = STORE_PROBES) -> dict[str, Any]:
+    from identity.migrations import upgrade
     from identity.resolve import decide
     from identity.store import make_engine, session_scope
-    from identity.migrations import upgrade
 
-    url, cleanup = _store_url(backend)
+    url, cleanup = scratch_store(backend, "idbench")
     engine = make_engine(url)
     try:
         upgrade(engine)

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +119,9 @@ def _child(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen:
                             env={**os.environ, "PYTHONPATH": str(REPO), **env}, **kw)
 
 
-def run_size(size: int, modes: tuple[str, ...] = ("plain", "prefect")) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix=f"pipebench{size}-"))
-    info = work / "sandbox.json"
+@contextmanager
+def served_sandboxes(size: int, info: Path) -> Iterator[None]:
+    """The six sandboxes with ``size`` people each, in a child process, until the block ends."""
     server = _child(["--serve", str(size), str(info)], {}, start_new_session=True)
     try:
         deadline = time.time() + 1800
@@ -127,6 +129,19 @@ def run_size(size: int, modes: tuple[str, ...] = ("plain", "prefect")) -> dict[s
             if server.poll() is not None or time.time() > deadline:
                 raise RuntimeError("sandboxes did not start")
             time.sleep(0.5)
+        yield
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def run_size(size: int, modes: tuple[str, ...] = ("plain", "prefect")) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"pipebench{size}-"))
+    info = work / "sandbox.json"
+    with served_sandboxes(size, info):
         out: dict[str, Any] = {"size": size}
         for mode in modes:
             env = {"OMNISYNC_SANDBOX_INFO": str(info), "OMNISYNC_HOME": str(work / mode),
@@ -139,12 +154,6 @@ def run_size(size: int, modes: tuple[str, ...] = ("plain", "prefect")) -> dict[s
                 raise RuntimeError(f"{mode} run at {size} failed:\n{done.stderr[-3000:]}")
             out[mode] = json.loads(lines[-1])
         return out
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def main(quick: bool = False) -> dict[str, Any]:

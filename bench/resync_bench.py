@@ -12,17 +12,14 @@ Run: ``python -m bench.resync_bench [--quick]`` (people per sandbox: 1,000 quick
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline_bench import REPO, _lift_client_budgets
+from bench.pipeline_bench import _lift_client_budgets, served_sandboxes
 
 WRITES = ("created", "updated", "deleted")
 RUNS = 5
@@ -63,22 +60,11 @@ def main(quick: bool = False) -> dict[str, Any]:
     size = 1_000 if quick else 10_000
     work = Path(tempfile.mkdtemp(prefix=f"resync{size}-"))
     info = work / "sandbox.json"
-    server = subprocess.Popen([sys.executable, "-m", "bench.pipeline_bench", "--serve", str(size), str(info)],
-                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
     saved = {k: os.environ.get(k) for k in ("OMNISYNC_SANDBOX_INFO", "OMNISYNC_HOME", "OMNISYNC_DATABASE_URL")}
     try:
-        deadline = time.time() + 1800
-        while not info.exists():
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError("sandboxes did not start")
-            time.sleep(0.5)
-        runs = _runs(info, work)
+        with served_sandboxes(size, info):
+            runs = _runs(info, work)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -26,7 +26,6 @@ import hmac
 import json
 import os
 import socket
-import statistics
 import sys
 import tempfile
 import threading
