@@ -217,6 +217,26 @@ def test_a_profile_we_created_through_another_stream_reads_back_as_our_echo_not_
     assert rows == ["web-1"], "the web app's profile is a source; the one our write made is not"
 
 
+def _seed_our_duplicate(engine, zenith: dict, ours: dict) -> None:
+    """Acme's a1 and zenith's z1 (a user's record) plus z2, a duplicate omnisync created earlier
+    (its ledger entry holds what we wrote), all resolved into GID."""
+    from identity.store import OutboundLedger
+    from omnisync.records import SourceRecord
+
+    with session_scope(engine) as s:
+        s.add(OutboundLedger(target_system="zenith", target_stream="people", key=f"{GID}|new", external_id="z2",
+                             fingerprint="f", payload={"vendor": ours, "since": ours, "since_fp": None}))
+        ingest_records(s, [SourceRecord(system=sys_, stream="people", external_id=ext, modified_at=T0, payload=p)
+                           for sys_, ext, p in (("acme", "a1", ACME), ("zenith", "z1", zenith),
+                                                ("zenith", "z2", ours))])
+    with session_scope(engine) as s:
+        s.add(GoldenRecord(golden_id=GID, profile={}))
+        for row in s.exec(select(SourceRow)):
+            row.golden_id, row.pending = GID, False
+            s.add(row)
+    _refresh(engine)
+
+
 class MergingZenith(Zenith):
     """Merges like a CRM: the survivor keeps its values and fills its blanks from the duplicate."""
 
@@ -230,9 +250,6 @@ class MergingZenith(Zenith):
 
 
 def test_a_merge_that_copies_our_created_duplicate_into_the_survivor_reads_back_as_our_echo(store_url, monkeypatch):
-    from identity.store import OutboundLedger
-    from omnisync.records import SourceRecord
-
     own = planner.ownership()
     merging = {**own, "systems": {**own["systems"], "zenith": {**own["systems"]["zenith"], "duplicates": "merge"}}}
     monkeypatch.setattr(planner, "ownership", lambda: merging)
@@ -240,18 +257,7 @@ def test_a_merge_that_copies_our_created_duplicate_into_the_survivor_reads_back_
     zenith = {"first": "Zoe", "email": "zoe@example.com", "country": "US"}
     # A record we created in zenith earlier, when the golden address still had a state.
     ours = {"first": "Zoe", "email": "zoe@example.com", "state": "IL", "golden": GID}
-    with session_scope(engine) as s:
-        s.add(OutboundLedger(target_system="zenith", target_stream="people", key=f"{GID}|new", external_id="z2",
-                             fingerprint="f", payload={"vendor": ours, "since": ours, "since_fp": None}))
-        ingest_records(s, [SourceRecord(system=sys_, stream="people", external_id=ext, modified_at=T0, payload=p)
-                           for sys_, ext, p in (("acme", "a1", ACME), ("zenith", "z1", zenith),
-                                                ("zenith", "z2", ours))])
-    with session_scope(engine) as s:
-        s.add(GoldenRecord(golden_id=GID, profile={}))
-        for row in s.exec(select(SourceRow)):
-            row.golden_id, row.pending = GID, False
-            s.add(row)
-    _refresh(engine)
+    _seed_our_duplicate(engine, zenith, ours)
     conn = MergingZenith({"z1": dict(zenith), "z2": dict(ours)})
     _push(engine, conn)
     assert "z2" not in conn.people and conn.people["z1"]["state"] == "IL", "the merge filled the survivor's blank"
@@ -296,26 +302,14 @@ class UniqueLink(MergingZenith):
 
 
 def test_duplicates_are_merged_before_the_survivor_is_written_so_its_link_is_not_refused(store_url, monkeypatch):
-    from identity.store import DeadLetter, OutboundLedger
-    from omnisync.records import SourceRecord
+    from identity.store import DeadLetter
 
     own = planner.ownership()
     merging = {**own, "systems": {**own["systems"], "zenith": {**own["systems"]["zenith"], "duplicates": "merge"}}}
     monkeypatch.setattr(planner, "ownership", lambda: merging)
     engine = get_engine(store_url)
     ours = {"first": "Zoe", "email": "zoe@example.com", "golden": GID}  # created by us: it holds the link
-    with session_scope(engine) as s:
-        s.add(OutboundLedger(target_system="zenith", target_stream="people", key=f"{GID}|new", external_id="z2",
-                             fingerprint="f", payload={"vendor": ours, "since": ours, "since_fp": None}))
-        ingest_records(s, [SourceRecord(system=sys_, stream="people", external_id=ext, modified_at=T0, payload=p)
-                           for sys_, ext, p in (("acme", "a1", ACME), ("zenith", "z1", ZENITH),
-                                                ("zenith", "z2", ours))])
-    with session_scope(engine) as s:
-        s.add(GoldenRecord(golden_id=GID, profile={}))
-        for row in s.exec(select(SourceRow)):
-            row.golden_id, row.pending = GID, False
-            s.add(row)
-    _refresh(engine)
+    _seed_our_duplicate(engine, ZENITH, ours)
     conn = UniqueLink({"z1": dict(ZENITH), "z2": dict(ours)})
     _push(engine, conn)
     assert conn.people == {"z1": COMPOSITE}, "merged, then written: the survivor holds the link and the address"
