@@ -44,6 +44,15 @@ def _isolated_home(tmp_path, monkeypatch) -> Iterator[None]:
     reset_settings()
 
 
+@pytest.fixture(autouse=True)
+def _own_token_cache(monkeypatch) -> None:
+    """OAuth tokens are shared per client and process: a sandbox of an earlier test may have had
+    this one's port, and its token would cost this test a refusal it does not expect."""
+    import connectors.http
+
+    monkeypatch.setattr(connectors.http, "_SHARED", {})
+
+
 def _pg_schema_url() -> Iterator[str]:
     if not postgres_available():
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}")

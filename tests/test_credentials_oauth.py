@@ -10,7 +10,6 @@ import time
 import pytest
 from pydantic import SecretStr, ValidationError
 
-import connectors.http
 from connectors.credentials import SalesforceCredentials, ZoomCredentials
 from connectors.http import IssuedToken, TokenSource
 from connectors.salesforce import SalesforceConnector
@@ -156,8 +155,7 @@ def test_a_prefect_block_holds_the_oauth_client_or_the_legacy_token(system, cred
     assert model.model_validate(_plain(block)) == creds
 
 
-def test_the_sandbox_info_file_carries_oauth_clients_that_connectors_use(tmp_path, monkeypatch):
-    monkeypatch.setattr(connectors.http, "_SHARED", {})
+def test_the_sandbox_info_file_carries_oauth_clients_that_connectors_use(tmp_path):
     zoom, sf = ZoomSandbox(size=20, seed=1), SalesforceSandbox(size=20, seed=1)
     with SandboxCluster([zoom, sf], workdir=tmp_path) as cluster:
         info = cluster.info()

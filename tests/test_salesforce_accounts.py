@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from simple_salesforce.bulk2 import Operation
 
-import connectors.http
 from connectors.credentials import SalesforceCredentials
 from connectors.http import RetryPolicy
 from connectors.salesforce import SalesforceConnector
@@ -23,11 +22,6 @@ from sandbox.population import COMPANIES, person
 from sandbox.salesforce import SalesforceSandbox, parse_id, sf_id
 
 FIX = Path(__file__).parent / "fixtures" / "salesforce"
-
-
-@pytest.fixture(autouse=True)
-def _own_token_cache(monkeypatch):
-    monkeypatch.setattr(connectors.http, "_SHARED", {})
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from urllib.parse import parse_qsl
 import pytest
 import respx
 
-import connectors.http
 from connectors.credentials import SalesforceCredentials
 from connectors.errors import AuthError
 from connectors.http import RetryPolicy
@@ -26,13 +25,6 @@ from sandbox.salesforce import CLIENT_SECRET, SESSION_ID, SalesforceSandbox
 FIX = Path(__file__).parent / "fixtures" / "salesforce"
 FAST = RetryPolicy(attempts=8, backoff_initial=0.02, backoff_max=0.2)
 TOKEN = "POST /services/oauth2/token"
-
-
-@pytest.fixture(autouse=True)
-def _own_token_cache(monkeypatch):
-    """Tokens are shared per OAuth client and process: a sandbox of an earlier test may have had
-    this one's port, and its token would cost this test a refusal it does not expect."""
-    monkeypatch.setattr(connectors.http, "_SHARED", {})
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import httpx
 import pytest
 import respx
 
-import connectors.http
 from connectors.credentials import ZoomCredentials
 from connectors.errors import AuthError
 from connectors.http import RateBudget, RetryPolicy
@@ -33,13 +32,6 @@ BASE = "https://zoom.test"
 OAUTH = BASE + "/oauth/token"
 FAST = RetryPolicy(backoff_initial=0.001, backoff_max=0.002)
 SECRET = "s2s-client-secret-value"
-
-
-@pytest.fixture(autouse=True)
-def _own_token_cache(monkeypatch):
-    """Tokens are shared per OAuth client and process: a sandbox of an earlier test may have had
-    this one's port, and its token would cost this test a refusal it does not expect."""
-    monkeypatch.setattr(connectors.http, "_SHARED", {})
 
 
 def fixture(name: str):
