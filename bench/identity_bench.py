@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import gc
 import os
-import resource
 import statistics
 import sys
 import time
 from collections import Counter
 from typing import Any
 
+from bench.memory import peak_rss_mb, reset_peak, rss_mb
 from bench.stores import scratch_store
 from identity import truth
 from identity.batch import MemoryIndex, no_gc, resolve
@@ -52,18 +52,10 @@ HELD_OUT = 2_000
 SPLINK_THRESHOLDS = (0.99, 0.9, 0.5, 0.1)  # match probability at which Splink clusters; the first is timed
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _omnisync(rows: list[dict[str, str]], scorer: Scorer) -> tuple[dict[str, Any], list[Any]]:
     gc.collect()
-    before = _rss_mb()
+    reset_peak()  # the peak of this run (its input rows included), not of earlier benchmarks
+    before = rss_mb()
     c0 = time.process_time()
     t0 = time.perf_counter()
     reader = RowReader(truth.CSV_CONFIG["columns"], rules=scorer.rules)
@@ -80,7 +72,7 @@ def _omnisync(rows: list[dict[str, str]], scorer: Scorer) -> tuple[dict[str, Any
         "records_per_s": round(len(rows) / (t2 - t0)),
         "stages_s": {"normalize": round(t1 - t0, 2), **{k: round(v, 2) for k, v in res.seconds.items()}},
         "pairs_scored": res.pairs_scored, "pairs_matched": res.pairs_matched, "unions_refused": res.unions_refused,
-        "rss_growth_mb": round(_rss_mb() - before), "peak_rss_mb": round(_peak_mb()),
+        "rss_growth_mb": round(rss_mb() - before), "peak_rss_mb": round(peak_rss_mb()),
         **{k: round(acc[k], 4) for k in ("precision", "recall", "f1")},
     }
     return out, entities
@@ -90,6 +82,9 @@ def _splink(rows: list[dict[str, str]], entities: list[Any]) -> dict[str, Any]:
     import pyarrow as pa
     import splink.comparison_library as cl
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+
+    gc.collect()
+    reset_peak()
 
     def iso(d: int) -> str | None:
         return f"{d // 10000:04d}-{d // 100 % 100:02d}-{d % 100:02d}" if d else None
@@ -160,7 +155,7 @@ def _splink(rows: list[dict[str, str]], entities: list[Any]) -> dict[str, Any]:
     best_th, best = max(by_threshold.items(), key=lambda kv: kv[1]["f1"])
     return {"records": len(rows), "seconds": round(t2 - t0, 2), "cpu_s": round(cpu, 2), "train_s": round(t1 - t0, 2),
             "predict_cluster_s": round(t2 - t1, 2), "records_per_s": round(len(rows) / (t2 - t0)),
-            "peak_rss_mb": round(_peak_mb()), "threshold": best_th, "em_failures": em_failures,
+            "peak_rss_mb": round(peak_rss_mb()), "threshold": best_th, "em_failures": em_failures,
             **{k: round(best[k], 4) for k in ("precision", "recall", "f1")},
             "by_threshold": {th: {k: round(a[k], 4) for k in ("precision", "recall", "f1")}
                              for th, a in by_threshold.items()}}

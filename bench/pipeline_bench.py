@@ -9,7 +9,7 @@ limits a first load is bound by calls: see hubspot_bench and push_bench).
 
 The run is drain, sync every stream, resolve, enrich from the CDP; the push-back is measured by
 push_bench. "records" are the vendor records read (contacts, leads, profiles and interactions).
-Peak memory is the measuring child's max RSS (sandboxes live in their own process); a last, plain-only
+Peak memory is the measuring child's high-water RSS (sandboxes live in their own process); a last, plain-only
 run sizes the population for about 1,000,000 contacts (``OMNISYNC_BENCH_PIPELINE_CONTACTS``, 0 to
 skip) to show memory stays flat.
 Run: ``python -m bench.pipeline_bench [--quick]``.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from bench.memory import peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 INTERACTION_STREAMS = {"calls", "emails", "communications", "engagements", "messages", "tasks", "notes"}
@@ -108,7 +109,7 @@ def measure(mode: str) -> int:
     print(json.dumps({"mode": mode, "wall_s": wall, "contacts": contacts, "interactions": interactions,
                       "records": contacts + interactions, "status": summary["status"],
                       "reconciles": summary["reconciles"], "golden": summary["resolved"].get("new_golden", 0),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_mb": peak_rss_mb(),
                       "stage_s": {k: round(v, 2) for k, v in sorted(stage_s.items(), key=lambda kv: -kv[1])}}),
           flush=True)
     return 0

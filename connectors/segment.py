@@ -51,6 +51,11 @@ ID_ORDER = ("user_id", "anonymous_id")
 Lookup = tuple[str, str]
 
 
+def _id_key(kind: str, value: str) -> Lookup:
+    # Segment stores an address as it was sent; a lookup by any case of it finds the same profile
+    return kind, value.casefold() if kind == "email" else value
+
+
 def _error_code(resp: httpx.Response) -> str | None:
     # Segment has no daily quota code; a 429 asking to wait longer than any retry budget is one.
     wait = parse_retry_after(resp.headers.get("Retry-After"))
@@ -182,13 +187,19 @@ class SegmentConnector(Connector):
     def fetch_profiles(self, lookups: Iterable[Lookup]) -> list[SourceRecord]:
         """The profiles behind ``lookups`` (``("email", "a@x.com")``, ``("user_id", "web-1")``...).
 
-        Unknown identifiers are skipped; a profile reached by several lookups is returned once.
+        Unknown identifiers are skipped; a profile reached by several lookups is returned once, and
+        an identifier a profile already fetched lists among its external ids is not looked up again
+        (the Profile API answers one identifier per call, two calls a profile, and is rate-limited).
         """
         out: dict[str, SourceRecord] = {}
+        known: set[Lookup] = set()
         for lookup in dict.fromkeys(lookups):
+            if _id_key(*lookup) in known:
+                continue
             rec = self._fetch_one(lookup)
             if rec is not None:
                 out.setdefault(rec.external_id, rec)
+                known.update(_id_key(str(r.get("type")), str(r.get("id"))) for r in rec.payload["external_ids"])
         return list(out.values())
 
     def read(self, stream: str, cursor: Cursor | None = None, *, until: datetime | None = None) -> Iterator[Page]:

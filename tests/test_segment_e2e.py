@@ -68,4 +68,4 @@ def test_enrichment_by_email_finds_the_heroine_web_user_and_maps_her_profile(seg
     p = load_mapping("segment", "profiles").inbound(records[0])
     assert (p.cdp_user_id, p.emails, p.first_name, p.last_name) == (
         "web-7731", ["amara.okafor@example.com"], "Amara", "Okafor")
-    assert conn.api_calls == 5  # traits + external_ids for each of two lookups, one 404
+    assert conn.api_calls == 3, "traits + external ids of her profile, one 404; her user id is on the profile already"
