@@ -40,9 +40,11 @@ def serve(size: int, info: str) -> int:
     from sandbox.framework import SandboxCluster
     from sandbox.hubspot import HubSpotSandbox, Limits
     from sandbox.registry import SANDBOXES, build
+    from sandbox.zoom import ZoomSandbox
 
-    sbs = [HubSpotSandbox(size=size, seed=1, limits=Limits(enabled=False)) if n == "hubspot" else build(n, size=size, seed=1)
-           for n in SANDBOXES]
+    lifted = {"hubspot": lambda: HubSpotSandbox(size=size, seed=1, limits=Limits(enabled=False)),
+              "zoom": lambda: ZoomSandbox(size=size, seed=1, qps_limit=10**9)}
+    sbs = [lifted[n]() if n in lifted else build(n, size=size, seed=1) for n in SANDBOXES]
     cluster = SandboxCluster(sbs, workdir=Path(info).parent / "sb").start()
     cluster.write_info(Path(info))
     stop = {"now": False}

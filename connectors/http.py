@@ -360,6 +360,7 @@ class HttpLayer:
         self.budget = budget
         self.policy = policy or RetryPolicy()
         self.stats = HttpStats()
+        self._count_lock = threading.Lock()  # a connector may send from several threads (lookups)
         self._error_code = error_code
         self._usage = usage
         self.client = httpx.Client(base_url=base_url, auth=auth, headers=headers,
@@ -378,7 +379,8 @@ class HttpLayer:
     def _once(self, method: str, url: str, endpoint: str, **kw: Any) -> httpx.Response:
         if self.budget:
             self.budget.acquire()
-        self.stats.calls[f"{method} {endpoint}"] += 1
+        with self._count_lock:
+            self.stats.calls[f"{method} {endpoint}"] += 1
         try:
             resp = self.client.request(method, url, **kw)
         except httpx.InvalidURL as e:  # a value unfit for a URL (a raw CR/LF): this record's fault only
@@ -421,7 +423,8 @@ class HttpLayer:
         endpoint = endpoint or url.split("?")[0]
 
         def on_retry(_: BaseException) -> None:
-            self.stats.retries += 1
+            with self._count_lock:
+                self.stats.retries += 1
 
         return with_retries(lambda: fn(endpoint), policy=self.policy, on_retry=on_retry)
 

@@ -30,16 +30,19 @@ def _targets(session: Session, after: int, limit: int) -> tuple[list[tuple[str, 
     if not rows:
         return [], after
     ids = list(dict.fromkeys(g for _, g in rows))
-    lookups: list[tuple[str, str]] = []
+    # every address (the CDP may know the person by a personal one the CRM never had), each
+    # person's first ones first: a profile found by a first address lists the others it knows,
+    # and the connector then skips them
+    by_rank: list[list[tuple[str, str]]] = [[], [], []]
     for i in range(0, len(ids), 500):
         for g in session.exec(select(GoldenRecord).where(GoldenRecord.golden_id.in_(ids[i:i + 500]),
                                                          GoldenRecord.status == "active")):
             profile = g.profile or {}
             if profile.get("cdp_user_id") or not profile.get("emails"):
                 continue
-            # every address: the CDP may know the person by a personal one the CRM never had
-            lookups += [("email", e) for e in profile["emails"][:3]]
-    return lookups, rows[-1][0]
+            for rank, e in enumerate(profile["emails"][:3]):
+                by_rank[rank].append(("email", e))
+    return [lk for rank in by_rank for lk in rank], rows[-1][0]
 
 
 def enrich_from_cdp(engine: Engine, connector: Any, *, run_id: str | None = None, batch: int = 200) -> dict[str, Any]:

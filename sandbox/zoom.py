@@ -158,8 +158,10 @@ class ZoomSandbox(Sandbox):
     name = "zoom"
     unmetered_paths = frozenset({TOKEN_PATH})  # zoom.us, not the Contact Center API
 
-    def __init__(self, *, size: int = 100, seed: int = 1, token_lifetime_s: float = ACCESS_TOKEN_LIFETIME_S):
+    def __init__(self, *, size: int = 100, seed: int = 1, token_lifetime_s: float = ACCESS_TOKEN_LIFETIME_S,
+                 qps_limit: int = QPS_LIMIT):
         self._qps: tuple[int, int] = (0, 0)
+        self.qps_limit = qps_limit  # per second, Medium APIs (the plan decides: 20 Pro, 60 Business+)
         self.token_lifetime_s = token_lifetime_s
         # Issued access tokens and when they expire (epoch seconds). Kept across resets: a reset
         # re-seeds the data, the OAuth app's tokens stay valid.
@@ -486,7 +488,7 @@ class ZoomSandbox(Sandbox):
     def rate_limited(self) -> Response:
         return _err(429, 429, "You have reached the maximum per-second rate limit for this API. Try again later.",
                     headers={"X-RateLimit-Category": "Medium", "X-RateLimit-Type": "QPS",
-                             "X-RateLimit-Limit": str(QPS_LIMIT), "X-RateLimit-Remaining": "0", "Retry-After": "1"})
+                             "X-RateLimit-Limit": str(self.qps_limit), "X-RateLimit-Remaining": "0", "Retry-After": "1"})
 
     def server_error(self) -> Response:
         return _err(503, 503, "Service temporarily unavailable.")
@@ -501,8 +503,8 @@ class ZoomSandbox(Sandbox):
 
     def response_headers(self) -> dict[str, str]:
         second, used = self._qps
-        return {"X-RateLimit-Category": "Medium", "X-RateLimit-Type": "QPS", "X-RateLimit-Limit": str(QPS_LIMIT),
-                "X-RateLimit-Remaining": str(max(0, QPS_LIMIT - used))}
+        return {"X-RateLimit-Category": "Medium", "X-RateLimit-Type": "QPS", "X-RateLimit-Limit": str(self.qps_limit),
+                "X-RateLimit-Remaining": str(max(0, self.qps_limit - used))}
 
     def _spend(self) -> bool:
         with self.lock:
@@ -511,7 +513,7 @@ class ZoomSandbox(Sandbox):
             if now != second:
                 second, used = now, 0
             self._qps = (second, used + 1)
-            return used + 1 <= QPS_LIMIT
+            return used + 1 <= self.qps_limit
 
     def summary(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}

@@ -94,16 +94,17 @@ def test_a_rejected_batch_fails_its_records_without_retrying():
 
 
 def test_fetch_profiles_follows_cursors_returns_each_person_once_and_skips_unknown_ids():
-    # no route for email:amara...: the profile found by user id lists that address (in another case),
-    # so looking it up again would spend two rate-limited calls on a profile already fetched
+    # Two lookups at a time: web-7731 and nobody go out together; email:amara... has no route, as
+    # the profile found by user id lists that address (in another case), and looking it up again
+    # would spend two rate-limited calls on a profile already fetched.
     with respx.mock(base_url=SPACE, assert_all_called=True) as mock:
         traits = mock.get("/user_id:web-7731/traits")
         traits.side_effect = lambda req: httpx.Response(
             200, json=fixture("traits_page2.json" if req.url.params.get("next") else "traits_page1.json"))
         mock.get("/user_id:web-7731/external_ids").respond(200, json=fixture("external_ids.json"))
         missing = mock.get("/email:nobody@example.com/traits").respond(404, json=fixture("error_404.json"))
-        records = connector().fetch_profiles([("user_id", "web-7731"), ("email", "AMARA.okafor@example.com"),
-                                              ("email", "nobody@example.com")])
+        records = connector(lookup_concurrency=2).fetch_profiles(
+            [("user_id", "web-7731"), ("email", "nobody@example.com"), ("email", "AMARA.okafor@example.com")])
         calls = list(mock.calls)
     assert missing.call_count == 1
     assert len(calls) == 4, "traits (two pages) and external ids of one profile, one miss"
@@ -113,7 +114,7 @@ def test_fetch_profiles_follows_cursors_returns_each_person_once_and_skips_unkno
     assert len(payload["external_ids"]) == 4
     assert records[0].modified_at.isoformat() == "2026-11-03T11:00:00+00:00"
     assert any(c.request.url.params.get("next") == "firstName" for c in calls)
-    assert base64.b64decode(calls[0].request.headers["Authorization"].split()[1]) == b"test-token:"
+    assert all(base64.b64decode(c.request.headers["Authorization"].split()[1]) == b"test-token:" for c in calls)
 
 
 def test_profiles_read_resumes_after_the_last_lookup_and_stores_no_identifier():

@@ -62,6 +62,7 @@ def test_a_golden_profile_and_its_timeline_land_on_one_segment_profile_and_resen
 
 def test_enrichment_by_email_finds_the_heroine_web_user_and_maps_her_profile(segment):
     _, _, conn = segment
+    conn.lookup_concurrency = 1  # one at a time: her user id comes after the profile that lists it
     records = conn.fetch_profiles([("email", "amara.okafor@example.com"), ("user_id", "web-7731"),
                                    ("email", "nobody@example.org")])
     assert [r.external_id for r in records] == ["web-7731"]
