@@ -11,7 +11,7 @@ The run is drain, sync every stream, resolve, enrich from the CDP; the push-back
 push_bench. "records" are the vendor records read (contacts, leads, profiles and interactions).
 Peak memory is the measuring child's high-water RSS (sandboxes live in their own process); a last, plain-only
 run sizes the population for about 1,000,000 contacts (``OMNISYNC_BENCH_PIPELINE_CONTACTS``, 0 to
-skip) to show memory stays flat.
+skip) to show memory stays flat. ``OMNISYNC_BENCH_PIPELINE_SIZES=small,large`` sets the two sizes.
 Run: ``python -m bench.pipeline_bench [--quick]``.
 """
 
@@ -160,7 +160,8 @@ def run_size(size: int, modes: tuple[str, ...] = ("plain", "prefect")) -> dict[s
 
 
 def main(quick: bool = False) -> dict[str, Any]:
-    sizes = (1_000, 10_000) if quick else (10_000, 100_000)
+    chosen = os.environ.get("OMNISYNC_BENCH_PIPELINE_SIZES")  # "small,large" people per sandbox
+    sizes = tuple(int(x) for x in chosen.split(",")) if chosen else (1_000, 10_000) if quick else (10_000, 100_000)
     rows = []
     print(f"{'people':>8} {'mode':>7} {'contacts':>9} {'interact.':>9} {'wall s':>8} {'rec/s':>8} {'peak MB':>8} "
           f"{'reconciles':>10}")
