@@ -305,7 +305,15 @@ class SandboxServer:
 
     def __init__(self, sandbox: Sandbox, *, port: int | None = None, tls: TLSFiles | None = None):
         self.sandbox = sandbox
-        self.port = port or free_port()
+        # Bound here and handed to uvicorn: a port found free and bound later can be taken in between
+        # by another process (parallel test workers did).
+        self._sock: socket.socket | None = None
+        if port is None:
+            self._sock = socket.socket()
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind(("127.0.0.1", 0))
+            port = self._sock.getsockname()[1]
+        self.port = port
         self.tls = tls if sandbox.tls else None
         scheme = "https" if self.tls else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -316,7 +324,9 @@ class SandboxServer:
         config = uvicorn.Config(sandbox.asgi(), host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1,
                                 access_log=False, lifespan="off", timeout_keep_alive=30, **kw)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name=f"sandbox-{sandbox.name}", daemon=True)
+        sockets = [self._sock] if self._sock else None
+        self.thread = threading.Thread(target=lambda: self.server.run(sockets=sockets), name=f"sandbox-{sandbox.name}",
+                                       daemon=True)
 
     def start(self) -> "SandboxServer":
         self.thread.start()
