@@ -89,6 +89,11 @@ def _seed(engine, acme: dict) -> None:
     with session_scope(engine) as s:
         ingest_(s, [SourceRecord(system="acme", stream="people", external_id="a1", modified_at=T0, payload=acme),
                     SourceRecord(system="zenith", stream="people", external_id="z1", modified_at=T0, payload=ZENITH)])
+    _all_into_one_golden(engine)
+
+
+def _all_into_one_golden(engine) -> None:
+    """Every stored record resolved into GID, as a resolution pass would leave them."""
     with session_scope(engine) as s:
         s.add(GoldenRecord(golden_id=GID, profile={}))
         for row in s.exec(select(SourceRow)):
@@ -229,12 +234,7 @@ def _seed_our_duplicate(engine, zenith: dict, ours: dict) -> None:
         ingest_records(s, [SourceRecord(system=sys_, stream="people", external_id=ext, modified_at=T0, payload=p)
                            for sys_, ext, p in (("acme", "a1", ACME), ("zenith", "z1", zenith),
                                                 ("zenith", "z2", ours))])
-    with session_scope(engine) as s:
-        s.add(GoldenRecord(golden_id=GID, profile={}))
-        for row in s.exec(select(SourceRow)):
-            row.golden_id, row.pending = GID, False
-            s.add(row)
-    _refresh(engine)
+    _all_into_one_golden(engine)
 
 
 class MergingZenith(Zenith):
