@@ -46,6 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import keys
 from api.keys import Principal
+from api.screenpop import RECENT, ScreenPopReader, as_utc
 from identity import analytics
 from identity.store import (ChangeEvent, GoldenAlias, GoldenRecord, IdentityKey, InteractionRow, OutboundLedger,
                             get_engine)
@@ -279,9 +280,24 @@ def find_survivors(s: Session, kind: str, value: str) -> dict[str, Any]:
     return found
 
 
-def screen_pop(s: Session, rec: Any, pii: bool) -> dict[str, Any]:
-    recent = list(s.execute(_interactions(s, rec.golden_id)
-                            .order_by(InteractionRow.started_at.desc(), InteractionRow.id.desc()).limit(20)))
+def recent_interactions(s: Session, survivor: str) -> list[Any]:
+    """The survivor's latest interactions, newest first: what a screen pop looks at."""
+    return list(s.execute(_interactions(s, survivor)
+                          .order_by(InteractionRow.started_at.desc(), InteractionRow.id.desc()).limit(RECENT)))
+
+
+def read_screen_pop(s: Session, kind: str, value: str) -> tuple[Any, set[str], list[Any]]:
+    """``(best, other ids, recent)`` for identifier ``(kind, value)``, every case handled; the lookup
+    tries :class:`api.screenpop.ScreenPopReader` first, which must answer the same."""
+    survivors = find_survivors(s, kind, value)
+    if not survivors:
+        return None, set(), []
+    best = max(survivors.values(), key=lambda r: (as_utc(r.updated_at), r.golden_id))
+    return best, set(survivors) - {best.golden_id}, recent_interactions(s, best.golden_id)
+
+
+def screen_pop(rec: Any, recent: list[Any], pii: bool) -> dict[str, Any]:
+    """What routing and the agent need first, from the golden record and its ``recent`` interactions."""
     p = rec.profile or {}
     last = recent[0] if recent else None
     last_agent = next((it for it in recent if it.agent), None)
@@ -371,6 +387,7 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
     # (a quarter of a lookup's database time). Every answer is built from indexed reads that stay
     # correct if a merge lands between them (aliases are followed, never assumed).
     reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+    pop_reader = ScreenPopReader(engine)
 
     # The dependencies are async on purpose: a sync one costs a thread-pool hop each way, and they do
     # no I/O except a key lookup every CACHE_SECONDS. The endpoints themselves are sync (one hop).
@@ -510,13 +527,13 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
                who: Principal = Depends(_require("lookup")), s: Session = Depends(get_session)) -> Response:
         """Answers with the survivor of every merge, and what routing and the agent need first."""
         kind, value, shown = _find(s, email, phone, external_id, system)
-        survivors = find_survivors(s, kind, value)
-        if not survivors:
+        # a merge to follow or an absorbed id makes the fast reader decline: the general path answers
+        best, other_ids, recent = pop_reader.read(kind, value) or read_screen_pop(s, kind, value)
+        if best is None:
             raise Problem(404, "Not found", f"no customer has {kind} {shown if who.pii else '(masked)'}")
-        best = max(survivors.values(), key=lambda r: (_iso(r.updated_at) or "", r.golden_id))
-        body = screen_pop(s, best, who.pii)
+        body = screen_pop(best, recent, who.pii)
         body["matched_on"] = kind
-        body["other_matches"] = sorted(set(survivors) - {best.golden_id})
+        body["other_matches"] = sorted(other_ids)
         body["profile_url"] = f"/v1/profiles/{best.golden_id}"
         body["customer360_url"] = f"/360/{best.golden_id}"
         return fast_json(body)
@@ -675,7 +692,8 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
         p = rec.profile or {}
         shown = p if who.pii else mask_profile(p)
         return _html("customer360.html", who=who, g=rec, profile=shown, name=display_name(shown) or "(no name)",
-                     lineage=rec.lineage or {}, consent=consent_summary(p), pop=screen_pop(s, rec, who.pii),
+                     lineage=rec.lineage or {}, consent=consent_summary(p),
+                     pop=screen_pop(rec, recent_interactions(s, survivor), who.pii),
                      timeline=page, channels=chans or [], all_channels=[c.value for c in Channel],
                      pushed=pushed_to(s, survivor, page["items"]), merged_ids=_ids_of(s, survivor)[1:],
                      merged_from=None)

@@ -195,6 +195,42 @@ def test_unknown_and_erased_customers_are_404_on_lookup(api):
     assert "nobody" not in r.text
 
 
+def test_the_screen_pop_fast_reader_answers_as_the_general_path_or_declines(api):
+    from sqlmodel import Session
+
+    from api.app import read_screen_pop, screen_pop
+    from api.screenpop import ScreenPopReader
+
+    # a plain customer, and a second active record sharing her phone (the fast path's other match)
+    with session_scope(api.engine) as s:
+        s.add(GoldenRecord(golden_id="g-plain", profile={"first_name": "Ola", "locale": "pl-PL"},
+                           updated_at=T0 + timedelta(days=1)))
+        s.add(GoldenRecord(golden_id="g-twin", profile={"first_name": "Ela"}, updated_at=T0))
+        for n, gid in enumerate(("g-plain", "g-twin", "g-plain")):
+            s.add(IdentityKey(kind="phone", value="+48500100200", source_id=100 + n, golden_id=gid))
+        s.add(_it("g-plain", 8, "voice", 90, queue="PL", agent="Ania", disposition="Callback"))
+        s.add(_it("g-plain", 9, "chat", 95, handoff=HANDOFF, summary="bot handed over"))
+    reader = ScreenPopReader(api.engine)
+    keys_ = [("email", EMAIL), ("phone", PHONE), ("ext:hubspot", "101"), ("email", "bob@example.org"),
+             ("email", "gone@example.com"), ("email", "nobody@example.com"), ("phone", "+48500100200")]
+    declined = []
+    for kind, value in keys_:
+        fast = reader.read(kind, value)
+        with Session(api.engine) as s:
+            general = read_screen_pop(s, kind, value)
+        if fast is None:
+            declined.append((kind, value))
+            continue
+        assert (fast[0] is None) == (general[0] is None) and fast[1] == general[1], (kind, value)
+        if fast[0] is not None:
+            for pii in (True, False):
+                assert screen_pop(fast[0], fast[2], pii) == screen_pop(general[0], general[2], pii), (kind, value, pii)
+    # Amara absorbed a duplicate (her email key still names it): only the general path answers for her
+    assert declined == [("email", EMAIL), ("phone", PHONE), ("ext:hubspot", "101")]
+    assert reader.read("phone", "+48500100200")[1] == {"g-twin"}
+    assert get(api, "/v1/lookup", phone="+48500100200").json()["other_matches"] == ["g-twin"]
+
+
 def test_overlong_parameters_are_422_without_echoing_the_input(api):
     r = get(api, "/v1/lookup", email="x" * 300 + "@example.com")
     assert r.status_code == 422 and "x" * 50 not in r.text
