@@ -242,8 +242,11 @@ def fill_store(engine: Any, goldens: int, scorer: Scorer, probes: int) -> tuple[
     held: list[tuple] = []
     chunk = 0
     start = time.perf_counter()
+    # Chunks share one registry: without it every chunk hands "john.smith@gmail.com" to its own first
+    # John Smith, and a probe would "match the wrong person" on an address no real population shares.
+    registry = truth.Registry()
     while len(persons) < goldens:
-        rows = truth.generate(STORE_CHUNK, seed=1000 + chunk)
+        rows = truth.generate(STORE_CHUNK, seed=1000 + chunk, registry=registry)
         prefix = f"c{chunk}-"
         if chunk == 0:  # held out: incoming records, most of them someone the store already knows
             held_rows, rows = rows[:probes], rows[probes:]

@@ -99,8 +99,18 @@ def _zipf_weights(n: int, s: float = 1.0) -> list[float]:
     return [1.0 / (i + 1) ** s for i in range(n)]
 
 
+class Registry:
+    """Phones and email addresses handed out so far. One :func:`generate` call never gives two people
+    the same mobile or address; pass one registry to several calls (a store filled in chunks, each
+    with its own seed) and that holds across them too, as it does in any real population."""
+
+    def __init__(self) -> None:
+        self.phones: set[str] = set()
+        self.emails: Counter[str] = Counter()
+
+
 class _World:
-    def __init__(self, rng: random.Random, n_people: int):
+    def __init__(self, rng: random.Random, n_people: int, registry: Registry | None = None):
         self.rng = rng
         synth = sorted({p + s for p in _PRE for s in _SUF})
         rng.shuffle(synth)
@@ -118,8 +128,8 @@ class _World:
         self.companies = [(f"{rng.choice(_PRE)}{rng.choice(_SUF)}{i}", self.phone())
                           for i in range(n_companies)]
         self.company_w = _zipf_weights(n_companies, 1.1)
-        self.used_phones: set[str] = set()
-        self.used_emails: Counter[str] = Counter()
+        registry = registry or Registry()
+        self.used_phones, self.used_emails = registry.phones, registry.emails
 
     def phone(self) -> str:
         r = self.rng
@@ -139,8 +149,8 @@ class _World:
         return base if n == 0 else f"{local}{n}@{domain}"
 
 
-def _people(rng: random.Random, n_people: int) -> list[dict[str, Any]]:
-    w = _World(rng, n_people)
+def _people(rng: random.Random, n_people: int, registry: Registry | None = None) -> list[dict[str, Any]]:
+    w = _World(rng, n_people, registry)
     firsts = rng.choices(FIRST, w.first_w, k=n_people)
     lasts = rng.choices(w.last, w.last_w, k=n_people)
     places = rng.choices(range(len(w.places)), w.place_w, k=n_people)
@@ -254,10 +264,11 @@ def _fmt_street(rng: random.Random, p: dict[str, Any]) -> str:
     return s.upper() if rng.random() < 0.1 else s
 
 
-def generate(n_records: int, seed: int = 7) -> list[dict[str, str]]:
-    """Exactly ``n_records`` rows with :data:`COLUMNS`; ``person_id`` is the truth."""
+def generate(n_records: int, seed: int = 7, registry: Registry | None = None) -> list[dict[str, str]]:
+    """Exactly ``n_records`` rows with :data:`COLUMNS`; ``person_id`` is the truth (unique within the
+    call; across calls sharing a ``registry`` only with a caller's prefix)."""
     rng = random.Random(seed)
-    people = _people(rng, max(1, int(n_records / 2.1)))
+    people = _people(rng, max(1, int(n_records / 2.1)), registry)
     counts = rng.choices((1, 2, 3, 4, 5), (0.33, 0.3, 0.2, 0.11, 0.06), k=len(people))
     rows: list[dict[str, str]] = []
     seq = 0
