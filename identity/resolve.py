@@ -104,15 +104,17 @@ EVIDENCE_PAIRS = 5  # deciding pairs recorded per merge
 
 
 _TERM = "@term"
-# Key holders (at most %s per key), their records (each once), and counts of values, in one
-# statement of one shape: the keys come as two arrays, so PostgreSQL prepares it once per connection.
+# Key holders (at most %s per key), their records (each once, the profile as text: only the records
+# of keys within their limit are parsed), and counts of values, in one statement of one shape: the
+# keys come as two arrays, so PostgreSQL prepares it once per connection (a statement that left out
+# an over key's records in SQL planned afresh each time and cost more than it saved).
 _PG_FETCH = f"""
 WITH h AS (SELECT q.kind, q.value, k.source_id FROM unnest(%s::text[], %s::text[]) AS q(kind, value)
            CROSS JOIN LATERAL (SELECT source_id FROM identity_key
                                WHERE kind = q.kind AND value = q.value LIMIT %s) k)
-SELECT kind, value, source_id, NULL, NULL, NULL, NULL, NULL::json FROM h
+SELECT kind, value, source_id, NULL, NULL, NULL, NULL, NULL FROM h
 UNION ALL
-SELECT NULL, NULL, s.id, s.system, s.stream, s.external_id, s.golden_id, s.canonical
+SELECT NULL, NULL, s.id, s.system, s.stream, s.external_id, s.golden_id, s.canonical::text
 FROM source_record s WHERE s.id IN (SELECT source_id FROM h) AND s.kind = 'profile' AND NOT s.deleted
 UNION ALL
 SELECT '{_TERM}', m.key, m.n, NULL, NULL, NULL, NULL, NULL FROM match_term m WHERE m.key = ANY(%s::text[])
@@ -330,13 +332,14 @@ class _Neighbourhood:
         cap = min(FETCH_CAP, max(self.threshold(kind) for kind, _ in todo) + 1)
         found: dict[str, set[int]] = {k: set() for k in todo.values()}
         if self.pg:
+            records: dict[int, tuple] = {}
             for part in _chunks(sorted(todo)):
                 got: dict[str, int] = {}
                 for kind, value, sid, system, stream, ext, gid, canonical in self._sql(_PG_FETCH, [
                         [k for k, _ in part], [v for _, v in part], cap, sorted(terms)]):
                     if kind is None:  # a holder's record (each once)
                         if rows and sid not in self.ents and sid not in self.batch:
-                            self._take(sid, system, stream, ext, gid, canonical)
+                            records[sid] = (system, stream, ext, gid, canonical)
                     elif kind == _TERM:
                         got[value] = sid
                     else:
@@ -346,8 +349,12 @@ class _Neighbourhood:
                 self._set_terms(terms, got)
                 terms = {}
             self._settle(todo, found)
-            if rows:  # not live profile records (deleted since, or not a profile)
-                self.dead.update(x for f in found.values() for x in f if x not in self.ents)
+            if rows:  # an over key's holders are never candidates: their records stay unparsed
+                for sid in {x for k, f in found.items() if k not in self.over for x in f}:
+                    if sid in records:
+                        self._take(sid, *records[sid])
+                    if sid not in self.ents:
+                        self.dead.add(sid)  # not a live profile record (deleted since, or not a profile)
             return
         for part in _chunks(sorted(todo)):
             # One statement per chunk: a (kind = ? AND value IN ...) seek per kind, at most `cap`
