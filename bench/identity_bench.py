@@ -35,11 +35,15 @@ PostgreSQL at ``OMNISYNC_TEST_PG_URL``, a scratch schema dropped afterwards), an
 from __future__ import annotations
 
 import gc
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from bench.memory import peak_rss_mb, reset_peak, rss_mb
@@ -48,6 +52,7 @@ from identity import truth
 from identity.batch import MemoryIndex, no_gc, resolve
 from identity.matching import RowReader, Scorer
 
+ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = 2_000
 SPLINK_THRESHOLDS = (0.99, 0.9, 0.5, 0.1)  # match probability at which Splink clusters; the first is timed
 
@@ -309,34 +314,53 @@ def fill_store(engine: Any, goldens: int, scorer: Scorer, probes: int) -> tuple[
 
 def _store_realtime(backend: str, goldens: int, scorer: Scorer, probes: int = STORE_PROBES) -> dict[str, Any]:
     from identity.migrations import upgrade
-    from identity.resolve import decide
-    from identity.store import make_engine, session_scope
+    from identity.store import make_engine
 
     url, cleanup = scratch_store(backend, "idbench")
     engine = make_engine(url)
     try:
         upgrade(engine)
         held, filled = fill_store(engine, goldens, scorer, probes + STORE_WARMUP)
-        warm, timed = held[:STORE_WARMUP], held[STORE_WARMUP:]
-        times: list[float] = []
-        outcome: Counter = Counter()
-        with session_scope(engine) as s:
-            for system, ext, prof, _ in warm:  # caches, prepared statements, the pool
-                decide(s, system, ext, prof)
-            for system, ext, prof, person in timed:
-                a = time.perf_counter_ns()
-                placed = decide(s, system, ext, prof)
-                times.append((time.perf_counter_ns() - a) / 1e6)
-                if placed.golden_id is None:
-                    outcome["new" if person is None else "new_but_known"] += 1
-                else:
-                    outcome["own_person" if placed.golden_id == person else "other_person"] += 1
-        q = statistics.quantiles(times, n=100)
-        return {**filled, "probes": len(timed), "p50_ms": round(q[49], 3), "p99_ms": round(q[98], 3),
-                "max_ms": round(max(times), 3), "outcome": dict(outcome)}
+        engine.dispose()
+        # The probes run in a fresh process, as a sync worker or the API would: this one holds the
+        # fill's heap and normalization caches, which no resolving process carries.
+        with tempfile.NamedTemporaryFile(suffix=".json", mode="w") as f:
+            json.dump(held, f)
+            f.flush()
+            out = subprocess.run([sys.executable, "-m", "bench.identity_bench", "--probe", url, f.name],
+                                 capture_output=True, text=True, check=True, cwd=ROOT)
+        return {**filled, **json.loads(out.stdout.strip().splitlines()[-1])}
     finally:
         engine.dispose()
         cleanup()
+
+
+def _probe(url: str, path: str) -> dict[str, Any]:
+    """Each held-out record through :func:`identity.resolve.decide` (warm-up first): p50/p99 and outcomes."""
+    from identity.resolve import decide
+    from identity.store import make_engine, session_scope
+
+    with open(path) as f:
+        held = json.load(f)
+    warm, timed = held[:STORE_WARMUP], held[STORE_WARMUP:]
+    times: list[float] = []
+    outcome: Counter = Counter()
+    engine = make_engine(url)
+    with session_scope(engine) as s:
+        for system, ext, prof, _ in warm:  # caches, prepared statements, the pool
+            decide(s, system, ext, prof)
+        for system, ext, prof, person in timed:
+            a = time.perf_counter_ns()
+            placed = decide(s, system, ext, prof)
+            times.append((time.perf_counter_ns() - a) / 1e6)
+            if placed.golden_id is None:
+                outcome["new" if person is None else "new_but_known"] += 1
+            else:
+                outcome["own_person" if placed.golden_id == person else "other_person"] += 1
+    engine.dispose()
+    q = statistics.quantiles(times, n=100)
+    return {"probes": len(timed), "p50_ms": round(q[49], 3), "p99_ms": round(q[98], 3),
+            "max_ms": round(max(times), 3), "outcome": dict(outcome)}
 
 
 def main(quick: bool = False) -> dict[str, Any]:
@@ -411,4 +435,7 @@ def _batch_parts(results: dict[str, Any], small: int, large: int, splink_max: in
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    if sys.argv[1:2] == ["--probe"]:
+        print(json.dumps(_probe(sys.argv[2], sys.argv[3])))
+    else:
+        main(quick="--quick" in sys.argv)
