@@ -299,8 +299,7 @@ def fill_store(engine: Any, goldens: int, scorer: Scorer, probes: int) -> tuple[
             c.exec_driver_sql(f"SELECT setval(pg_get_serial_sequence('source_record', 'id'), {sid})")
     # Planner statistics and (PostgreSQL) the visibility map, as autovacuum keeps them on a live store:
     # without the map every index entry read costs a heap visit, and a freshly bulk-loaded table has none.
-    # Then a checkpoint: a live store is not writing back gigabytes of bulk load while it answers (here
-    # that write-back, spread over the next minutes, put the probes' p99 at 2.0 ms instead of 1.3-1.6).
+    # Then a checkpoint: a live store is not writing back gigabytes of bulk load while it answers.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
         if engine.dialect.name == "postgresql":
             c.exec_driver_sql("VACUUM ANALYZE")
