@@ -46,12 +46,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import keys
 from api.keys import Principal
-from api.screenpop import RECENT, ScreenPopReader, as_utc
+from api.screenpop import RECENT, ScreenPopReader
 from identity import analytics
 from identity.store import (ChangeEvent, GoldenAlias, GoldenRecord, IdentityKey, InteractionRow, OutboundLedger,
                             get_engine)
 from omnisync.model import Channel, normalize_email, normalize_phone
 from omnisync.privacy import mask_email, mask_name, mask_phone, mask_text
+from omnisync.records import as_utc
 
 log = logging.getLogger("omnisync.api")
 HERE = Path(__file__).parent

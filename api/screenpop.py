@@ -8,19 +8,20 @@ chosen one has absorbed no other id. Anything else (a merge to follow, an alias 
 may still carry the old id) answers ``None`` and the caller takes the general path in
 :mod:`api.app`, which handles every case; both produce the same body, and a test holds them to it.
 
-The SQL is constant text with named parameters; only its placeholder style is adapted to the driver
-(``%(name)s`` for psycopg, ``:name`` for sqlite3). No input ever becomes part of a statement.
+The SQL is constant text with placeholders in the driver's style (``%s`` for psycopg, ``?`` for
+sqlite3), as :mod:`identity.resolve` writes its read path. No input ever becomes part of a statement.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import namedtuple
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
+
+from omnisync.records import as_utc
 
 MAX_MATCHES = 50
 RECENT = 20  # interactions the screen pop looks at (last agent, open case, hand-off)
@@ -29,28 +30,20 @@ Match = namedtuple("Match", "golden_id status merged_into profile updated_at n_a
 Interaction = namedtuple("Interaction", "id system external_id channel direction started_at ended_at queue "
                                         "agent disposition summary data")
 
-_FIND = f"""
+_FIND = """
 SELECT g.golden_id, g.status, g.merged_into, g.profile, g.updated_at,
        (SELECT count(*) FROM golden_alias x WHERE x.golden_id = g.golden_id AND x.alias_id <> g.golden_id)
 FROM identity_key k
 LEFT JOIN golden_alias a ON a.alias_id = k.golden_id
 JOIN golden_record g ON g.golden_id = coalesce(a.golden_id, k.golden_id)
-WHERE k.kind = :kind AND k.value = :value
-LIMIT {MAX_MATCHES}"""
+WHERE k.kind = {ph} AND k.value = {ph}
+LIMIT {limit}"""
 
-_RECENT = f"""
+_RECENT = """
 SELECT id, system, external_id, channel, direction, started_at, ended_at, queue, agent, disposition, summary, data
-FROM interaction WHERE golden_id = :gid
+FROM interaction WHERE golden_id = {ph}
 ORDER BY started_at DESC, id DESC
-LIMIT {RECENT}"""
-
-
-def _driver_sql(sql: str, paramstyle: str) -> str:
-    if paramstyle == "pyformat":
-        return re.sub(r":(\w+)", r"%(\1)s", sql)
-    if paramstyle in ("named", "qmark"):  # sqlite3 takes named parameters whatever its default style
-        return sql
-    raise ValueError(f"unsupported driver parameter style {paramstyle!r}")
+LIMIT {limit}"""
 
 
 def _time(v: Any) -> datetime | None:
@@ -66,8 +59,9 @@ class ScreenPopReader:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-        style = engine.dialect.paramstyle
-        self._find, self._recent = _driver_sql(_FIND, style), _driver_sql(_RECENT, style)
+        ph = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._find = _FIND.format(ph=ph, limit=MAX_MATCHES)
+        self._recent = _RECENT.format(ph=ph, limit=RECENT)
         # PostgreSQL's driver hands back parsed JSON and aware datetimes; sqlite3 hands back text
         self._decode = engine.dialect.name == "sqlite"
 
@@ -77,7 +71,7 @@ class ScreenPopReader:
         with self._engine.connect() as conn:
             cur = conn.connection.dbapi_connection.cursor()
             try:
-                cur.execute(self._find, {"kind": kind, "value": value})
+                cur.execute(self._find, (kind, value))
                 found: dict[str, Match] = {}
                 for row in cur.fetchall():
                     m = Match(*row)
@@ -93,7 +87,7 @@ class ScreenPopReader:
                 best = max(found.values(), key=lambda m: (as_utc(m.updated_at), m.golden_id))
                 if best.n_alias:
                     return None
-                cur.execute(self._recent, {"gid": best.golden_id})
+                cur.execute(self._recent, (best.golden_id,))
                 recent = [Interaction(*r) for r in cur.fetchall()]
             finally:
                 cur.close()
@@ -102,12 +96,3 @@ class ScreenPopReader:
                       for it in recent]
         return best, set(found) - {best.golden_id}, recent
 
-
-def as_utc(dt: datetime | None) -> datetime:
-    """An aware UTC datetime to order by (SQLite returns naive ones; the store writes UTC)."""
-    if dt is None:
-        return _EPOCH
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -18,9 +18,9 @@ One run, one generated omnichannel data set with known truth (identity/truth.py)
 4. **Real-time resolve against a store** of 1,000,000 golden records, on SQLite and on PostgreSQL:
    the store is filled by bulk SQL as the resolver would have left it (generated people, one golden
    record each, every record's identity_key rows -- identifiers, blocking keys, values -- and the
-   match_term counts, built by the resolver's own functions), not through the resolver; then each
-   held-out record (a generated duplicate or newcomer, as a canonical profile) goes through
-   :func:`identity.resolve.decide`, the read path a sync or an API call takes: entity, key holders,
+   match_term counts, built by the resolver's own functions), not through the resolver; then, in a
+   fresh process, each held-out record (a generated duplicate or newcomer, as a canonical profile)
+   goes through :func:`identity.resolve.decide`, the read path a sync or an API call takes: entity, key holders,
    their records, counts, scoring. p50/p99 of the decision (target p99 under 2 ms), and whether it
    chose the record's own person.
 
