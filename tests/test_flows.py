@@ -60,8 +60,15 @@ def sandboxes(cluster, monkeypatch):
 def flow_run_detail(flow_run_id) -> tuple[list, list]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
+    # Prefect 3 reports task-run states to the server asynchronously (as events), so right after
+    # the flow returns the server may still show a task as Running/Retrying: wait until it settles.
+    deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        while True:
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if all(t.state and t.state.is_final() for t in tasks) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     return tasks, arts
 
