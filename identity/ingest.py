@@ -471,9 +471,23 @@ class _Known:
     second record of the same interaction or consent event finds the row the first one added.
     """
 
-    interactions: dict[tuple[str, str], InteractionRow] = field(default_factory=dict)
+    interactions: dict[tuple[str, str], InteractionRow | dict[str, Any]] = field(default_factory=dict)
     consent: set[tuple[str, str]] = field(default_factory=set)
     looked_up: set[tuple[str, str, str]] = field(default_factory=set)  # (table, system, external_id)
+    # Rows the batch creates, as column values: inserted in one statement per table at the end.
+    # (Building an ORM object per row cost more than mapping the record; a first load is all new rows.)
+    new_sources: list[dict[str, Any]] = field(default_factory=list)
+    new_interactions: list[dict[str, Any]] = field(default_factory=list)
+    new_consent: list[dict[str, Any]] = field(default_factory=list)
+
+    def insert_new(self, session: Session) -> None:
+        """Insert the batch's new rows (after the session's flush: one transaction, one order)."""
+        now = utcnow()
+        for model, rows in ((SourceRow, self.new_sources), (InteractionRow, self.new_interactions),
+                            (ConsentEventRow, self.new_consent)):
+            for i in range(0, len(rows), 5000):
+                session.execute(model.__table__.insert(), [{**r, "ingested_at": now} for r in rows[i:i + 5000]])
+            rows.clear()
 
     def load(self, session: Session, interaction_keys: Iterable[tuple[str, str]],
              consent_keys: Iterable[tuple[str, str]]) -> None:
@@ -582,6 +596,7 @@ def ingest_records(session: Session, records: list[SourceRecord], *, run_id: str
                 ext = m.record.external_id
                 _store_one(session, m, ledger.get(ext, []), counts, known, profile_mapping, created.get(ext))
     session.flush()
+    known.insert_new(session)
     return counts
 
 
@@ -667,11 +682,14 @@ def _store_one(session: Session, m: _Mapped, ledgers: list[OutboundLedger], coun
         mapped = _created_facts(m, creation, mapping)
 
     if row is None:
-        row = SourceRow(system=r.system, stream=r.stream, external_id=r.external_id, modified_at=modified,
-                        fingerprint=fp, payload=r.payload, canonical=mapped, kind=kind)
-    row.payload, row.fingerprint, row.modified_at, row.canonical = r.payload, fp, modified, mapped
-    row.kind, row.deleted, row.merged_into, row.echo, row.pending = kind, False, None, False, True
-    session.add(row)
+        known.new_sources.append({"system": r.system, "stream": r.stream, "external_id": r.external_id,
+                                  "modified_at": modified, "deleted": False, "merged_into": None, "fingerprint": fp,
+                                  "payload": r.payload, "canonical": mapped, "kind": kind, "golden_id": None,
+                                  "echo": False, "resolved_at": None, "pending": True})
+    else:
+        row.payload, row.fingerprint, row.modified_at, row.canonical = r.payload, fp, modified, mapped
+        row.kind, row.deleted, row.merged_into, row.echo, row.pending = kind, False, None, False, True
+        session.add(row)
     counts.bump(r.system, r.stream, "stored")
     if "interaction" in mapped:
         _upsert_interaction(session, mapped["interaction"], fp, known)
@@ -686,14 +704,19 @@ def _upsert_interaction(session: Session, data: dict[str, Any], fp: str, known: 
         if ("i", it.system, it.external_id) not in known.looked_up:  # not one of the page's keys
             known.load(session, [(it.system, it.external_id)], [])
             row = known.interactions.get((it.system, it.external_id))
+    values = {"channel": it.channel.value, "direction": it.direction.value, "started_at": it.started_at,
+              "ended_at": it.ended_at, "queue": it.queue, "agent": it.agent, "disposition": it.disposition,
+              "summary": it.summary, "fingerprint": fp, "data": data}
     if row is None:
-        row = InteractionRow(system=it.system, external_id=it.external_id, channel=it.channel.value,
-                             direction=it.direction.value, started_at=it.started_at, fingerprint=fp)
+        row = {"system": it.system, "external_id": it.external_id, "golden_id": None, **values}
         known.interactions[(it.system, it.external_id)] = row
-    row.channel, row.direction, row.started_at, row.ended_at = it.channel.value, it.direction.value, it.started_at, it.ended_at
-    row.queue, row.agent, row.disposition, row.summary = it.queue, it.agent, it.disposition, it.summary
-    row.fingerprint, row.data = fp, data
-    session.add(row)
+        known.new_interactions.append(row)
+    elif isinstance(row, dict):  # created earlier in this batch: not inserted yet
+        row.update(values)
+    else:
+        for k, v in values.items():
+            setattr(row, k, v)
+        session.add(row)
 
 
 def _insert_consent(session: Session, data: dict[str, Any], known: _Known) -> None:
@@ -703,9 +726,9 @@ def _insert_consent(session: Session, data: dict[str, Any], known: _Known) -> No
         known.load(session, [], [key])
     if key not in known.consent:
         known.consent.add(key)
-        session.add(ConsentEventRow(system=ev.system, external_id=ev.external_id, channel=ev.channel.value,
-                                    purpose=ev.purpose.value, status=ev.status.value, occurred_at=ev.occurred_at,
-                                    data=data))
+        known.new_consent.append({"system": ev.system, "external_id": ev.external_id, "golden_id": None,
+                                  "channel": ev.channel.value, "purpose": ev.purpose.value, "status": ev.status.value,
+                                  "occurred_at": ev.occurred_at, "data": data})
 
 
 def store_page(session: Session, page: Page, *, system: str, stream: str, partition: str = "",
