@@ -9,7 +9,9 @@ limits a first load is bound by calls: see hubspot_bench and push_bench).
 
 The run is drain, sync every stream, resolve, enrich from the CDP; the push-back is measured by
 push_bench. "records" are the vendor records read (contacts, leads, profiles and interactions).
-Peak memory is the measuring child's high-water RSS (sandboxes live in their own process); a last, plain-only
+Peak memory is the measuring child's high-water RSS (sandboxes live in their own process). CPU is
+split: the measuring child's own CPU seconds during the run (omnisync: HTTP clients, mapping, store,
+resolution, Prefect) and the sandbox process's (the vendors' side, which shares the two cores). A last, plain-only
 run sizes the population for about 1,000,000 contacts (``OMNISYNC_BENCH_PIPELINE_CONTACTS``, 0 to
 skip) to show memory stays flat. ``OMNISYNC_BENCH_PIPELINE_SIZES=small,large`` sets the two sizes.
 Run: ``python -m bench.pipeline_bench [--quick]``.
@@ -66,6 +68,15 @@ def _lift_client_budgets() -> None:
     hubspot.search_budget_for = lambda host: RateBudget(1e9, 10**9)
 
 
+def _cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system, every thread) of this process or of ``pid``."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(mode: str) -> int:
     """Child: one pipeline run ('plain' or 'prefect'); prints one JSON line."""
     import logging
@@ -88,7 +99,7 @@ def measure(mode: str) -> int:
 
         plain = orchestrate.Stages()
         stages = orchestrate.Stages(**{k: timed(k, getattr(plain, k)) for k in vars(plain)})
-        t0 = time.perf_counter()
+        cpu0, t0 = _cpu_s(), time.perf_counter()
         summary = orchestrate.omnichannel(push=False, stages=stages)
     else:
         from prefect.testing.utilities import prefect_test_harness
@@ -96,19 +107,21 @@ def measure(mode: str) -> int:
         from flows.pipeline import omnichannel_sync
 
         with prefect_test_harness(server_startup_timeout=120):  # server start is not the flow's cost
-            t0 = time.perf_counter()
+            cpu0, t0 = _cpu_s(), time.perf_counter()
             state = omnichannel_sync(push=False, return_state=True)
             summary = state.result()
             wall = time.perf_counter() - t0
+            cpu = _cpu_s() - cpu0  # the harness's server runs in this process too: Prefect's cost is in it
     if mode == "plain":
         wall = time.perf_counter() - t0
+        cpu = _cpu_s() - cpu0
     contacts = interactions = 0
     for key, c in summary["counts"].items():
         if key.split("/", 1)[1] in INTERACTION_STREAMS:
             interactions += c.get("read", 0)
         else:
             contacts += c.get("read", 0)
-    print(json.dumps({"mode": mode, "wall_s": wall, "contacts": contacts, "interactions": interactions,
+    print(json.dumps({"mode": mode, "wall_s": wall, "cpu_s": round(cpu, 2), "contacts": contacts, "interactions": interactions,
                       "records": contacts + interactions, "status": summary["status"],
                       "reconciles": summary["reconciles"], "golden": summary["resolved"].get("new_golden", 0),
                       "peak_rss_mb": peak_rss_mb(),
@@ -123,7 +136,7 @@ def _child(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen:
 
 
 @contextmanager
-def served_sandboxes(size: int, info: Path) -> Iterator[None]:
+def served_sandboxes(size: int, info: Path) -> Iterator[subprocess.Popen]:
     """The six sandboxes with ``size`` people each, in a child process, until the block ends."""
     server = _child(["--serve", str(size), str(info)], {}, start_new_session=True)
     try:
@@ -132,7 +145,7 @@ def served_sandboxes(size: int, info: Path) -> Iterator[None]:
             if server.poll() is not None or time.time() > deadline:
                 raise RuntimeError("sandboxes did not start")
             time.sleep(0.5)
-        yield
+        yield server
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -144,19 +157,28 @@ def served_sandboxes(size: int, info: Path) -> Iterator[None]:
 def run_size(size: int, modes: tuple[str, ...] = ("plain", "prefect")) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"pipebench{size}-"))
     info = work / "sandbox.json"
-    with served_sandboxes(size, info):
+    with served_sandboxes(size, info) as server:
         out: dict[str, Any] = {"size": size}
         for mode in modes:
             env = {"OMNISYNC_SANDBOX_INFO": str(info), "OMNISYNC_HOME": str(work / mode),
                    "OMNISYNC_DATABASE_URL": f"sqlite:///{work / mode / 'store.db'}"}
             (work / mode).mkdir()
+            vendor0 = _cpu_s(server.pid)
             done = subprocess.run([sys.executable, "-m", "bench.pipeline_bench", "--measure", mode], cwd=REPO,
                                   env={**os.environ, "PYTHONPATH": str(REPO), **env}, capture_output=True, text=True)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
             if done.returncode or not lines:
                 raise RuntimeError(f"{mode} run at {size} failed:\n{done.stderr[-3000:]}")
             out[mode] = json.loads(lines[-1])
+            out[mode]["sandbox_cpu_s"] = round(_cpu_s(server.pid) - vendor0, 2)
         return out
+
+
+def _row(size: int, mode: str, m: dict[str, Any]) -> str:
+    per = 1000 / max(1, m["records"])
+    return (f"{size:>8} {mode:>7} {m['contacts']:>9} {m['interactions']:>9} {m['wall_s']:>8.1f} {m['rps']:>8.0f} "
+            f"{m['peak_rss_mb']:>8.0f} {m['cpu_s'] * per:>10.2f} {m['sandbox_cpu_s'] * per:>13.2f} "
+            f"{str(m['reconciles']):>10}")
 
 
 def main(quick: bool = False) -> dict[str, Any]:
@@ -164,14 +186,13 @@ def main(quick: bool = False) -> dict[str, Any]:
     sizes = tuple(int(x) for x in chosen.split(",")) if chosen else (1_000, 10_000) if quick else (10_000, 100_000)
     rows = []
     print(f"{'people':>8} {'mode':>7} {'contacts':>9} {'interact.':>9} {'wall s':>8} {'rec/s':>8} {'peak MB':>8} "
-          f"{'reconciles':>10}")
+          f"{'cpu ms/rec':>10} {'vendor ms/rec':>13} {'reconciles':>10}")
     for size in sizes:
         r = run_size(size)
         for mode in ("plain", "prefect"):
             m = r[mode]
             m["rps"] = m["records"] / m["wall_s"]
-            print(f"{size:>8} {mode:>7} {m['contacts']:>9} {m['interactions']:>9} {m['wall_s']:>8.1f} {m['rps']:>8.0f} "
-                  f"{m['peak_rss_mb']:>8.0f} {str(m['reconciles']):>10}", flush=True)
+            print(_row(size, mode, m), flush=True)
         r["prefect_overhead_share"] = max(0.0, (r["prefect"]["wall_s"] - r["plain"]["wall_s"]) / r["prefect"]["wall_s"])
         print(f"{'':>8} Prefect overhead: {r['prefect_overhead_share']:.1%} of the flow's wall time; plain stages (s): "
               + ", ".join(f"{k} {v}" for k, v in list(r["plain"]["stage_s"].items())[:6]), flush=True)
@@ -192,8 +213,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         size = int(round(target / per_person, -3))
         m = run_size(size, modes=("plain",))["plain"]
         m["rps"] = m["records"] / m["wall_s"]
-        print(f"{size:>8} {'plain':>7} {m['contacts']:>9} {m['interactions']:>9} {m['wall_s']:>8.1f} {m['rps']:>8.0f} "
-              f"{m['peak_rss_mb']:>8.0f} {str(m['reconciles']):>10}", flush=True)
+        print(_row(size, "plain", m), flush=True)
         result["memory_run"] = {"size": size, **m,
                                 "peak_mem_x_vs_large": m["peak_rss_mb"] / big["plain"]["peak_rss_mb"]}
         print(f"peak memory at {m['contacts']:,d} contacts: {m['peak_rss_mb']:.0f} MB "
