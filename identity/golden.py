@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
 from identity.store import (
@@ -267,7 +268,8 @@ def refresh(session: Session, golden_ids: Iterable[str], *, run_id: str | None =
         return {}
     sv = load_survivorship()
     rows_by: dict[str, list[SourceRow]] = defaultdict(list)
-    for r in _in_chunks(session, lambda part: select(SourceRow).where(
+    # survivorship reads what ingest mapped (canonical), never the vendor payload: not loaded
+    for r in _in_chunks(session, lambda part: select(SourceRow).options(defer(SourceRow.payload)).where(
             SourceRow.golden_id.in_(part), SourceRow.kind == "profile", SourceRow.deleted.is_(False)), ids):
         rows_by[r.golden_id].append(r)
     consent_by: dict[str, list[ConsentEventRow]] = defaultdict(list)

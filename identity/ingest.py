@@ -33,7 +33,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import tuple_
+from sqlalchemy import tuple_, update
+from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
 from identity.golden import canonical_facts
@@ -752,7 +753,9 @@ def resolve_pending(session: Session, *, run_id: str | None = None, batch: int =
     lock_identity_graph(session)  # before reading what is pending: a waiting resolver sees it resolved
     totals: Counter = Counter()
     for kind in ("profile", "interaction", "consent"):
-        rows = list(session.exec(select(SourceRow).where(SourceRow.pending.is_(True), SourceRow.kind == kind)
+        # Resolution reads what ingest mapped (canonical), never the vendor payload: not loaded.
+        rows = list(session.exec(select(SourceRow).options(defer(SourceRow.payload))
+                                 .where(SourceRow.pending.is_(True), SourceRow.kind == kind)
                                  .order_by(SourceRow.id).limit(batch)))
         if not rows:
             continue
@@ -774,11 +777,14 @@ def resolve_pending(session: Session, *, run_id: str | None = None, batch: int =
             if keys:
                 evs = _rows_by_key(session, ConsentEventRow, keys)
                 totals["consent_applied"] += resolver.apply_consent(session, evs)
-        for r in rows:
-            r.pending = False
-            r.resolved_at = utcnow()
-            session.add(r)
         session.flush()
+        ids = [r.id for r in rows]
+        now = utcnow()
+        for i in range(0, len(ids), CHUNK):  # one statement per chunk, not an ORM update per row
+            session.execute(update(SourceRow).where(SourceRow.id.in_(ids[i:i + CHUNK]))
+                            .values(pending=False, resolved_at=now).execution_options(synchronize_session=False))
+        for r in rows:
+            session.expire(r, ["pending", "resolved_at"])  # the objects read back what was written
         totals["remaining"] = 1
         return dict(totals)
     # Interactions and consent that arrived before their customer's profile get another chance.
