@@ -148,8 +148,7 @@ class IdentityKey(SQLModel, table=True):
 
     __tablename__ = "identity_key"
     __table_args__ = (
-        UniqueConstraint("kind", "value", "source_id", name="uq_identity_key"),
-        Index("ix_identity_key_lookup", "kind", "value"),
+        UniqueConstraint("kind", "value", "source_id", name="uq_identity_key"),  # also every (kind, value) lookup
         Index("ix_identity_key_golden", "golden_id"),
         Index("ix_identity_key_source", "source_id"),  # a record's keys are replaced when it changes
     )
