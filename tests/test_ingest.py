@@ -22,7 +22,7 @@ from identity.store import (
     session_scope,
 )
 from mappings.engine import parse_mapping
-from omnisync.records import Cursor, Page, SourceRecord
+from omnisync.records import Cursor, Page, SourceRecord, as_utc
 from omnisync.sealing import unseal
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
@@ -182,6 +182,33 @@ def test_sms_yields_an_interaction_and_stop_a_consent_event(store_url):
         assert {r.external_id for r in rows(s, InteractionRow)} == {"m0", "m1"}
         (ev,) = rows(s, ConsentEventRow)
         assert (ev.external_id, ev.status, ev.data["customer_phone"]) == ("m1", "opted_out", "+14155550142")
+
+
+def test_records_of_one_interaction_make_one_row_whether_it_is_new_or_stored(store_url):
+    # Two records (a webhook's and the API's, say) of one interaction: in one batch they make one
+    # row, the later one's values; a later batch updates that row in place.
+    engine = get_engine(store_url)
+
+    def msg(ext, body, at):
+        return SourceRecord(system="acme", stream="messages", external_id=ext, modified_at=at,
+                            payload={"id": "m7", "dir": "inbound", "at": at.isoformat(), "from": "(415) 555-0142",
+                                     "body": body})
+
+    with session_scope(engine) as s:
+        c = ingest_records(s, [msg("hook-1", "STOP", T0), msg("api-1", "STOP please", T0 + timedelta(seconds=1))])
+    assert c.total("stored") == 2
+    with session_scope(engine) as s:
+        (it,) = rows(s, InteractionRow)
+        assert (it.external_id, it.summary) == ("m7", "STOP please")
+        (ev,) = rows(s, ConsentEventRow)
+        assert ev.external_id == "m7"
+        assert {r.external_id for r in rows(s)} == {"hook-1", "api-1"}
+    with session_scope(engine) as s:
+        ingest_records(s, [msg("api-1", "edited", T0 + timedelta(minutes=1))])
+    with session_scope(engine) as s:
+        (it,) = rows(s, InteractionRow)
+        assert it.summary == "edited" and as_utc(it.started_at) == T0 + timedelta(minutes=1)
+        assert len(rows(s, ConsentEventRow)) == 1
 
 
 def test_erased_people_are_not_reimported(store_url):
