@@ -410,6 +410,23 @@ def lock_identity_graph(session: Session) -> None:
         from sqlalchemy import func, select
 
         session.execute(select(func.pg_advisory_xact_lock(IDENTITY_GRAPH_LOCK)))
+    else:
+        take_sqlite_write_lock(session)
+
+
+def take_sqlite_write_lock(session: Session) -> None:
+    """On SQLite, make this transaction the writer before it reads anything (BEGIN IMMEDIATE).
+
+    Python's sqlite3 begins a transaction only at the first write, so what a transaction read
+    before it was read outside it: two drains (or resolvers) could read the same pending rows and
+    both commit. A transaction that reads in order to write starts here instead; another waits
+    (busy_timeout) and then reads what the first committed. A no-op on other backends, and when
+    this transaction has already written (it holds the lock)."""
+    if session.get_bind().dialect.name != "sqlite":
+        return
+    raw = session.connection().connection.dbapi_connection
+    if not raw.in_transaction:
+        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def run_in_transaction(fn, engine: Engine | None = None, *, attempts: int = 5):

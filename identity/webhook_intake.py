@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from identity.ingest import dead_letter
-from identity.store import DeadLetter, WebhookEvent
+from identity.store import DeadLetter, WebhookEvent, take_sqlite_write_lock
 from omnisync.records import SourceRecord, as_utc, utcnow
 
 VENDORS = ("hubspot", "zoom", "twilio", "sendgrid")
@@ -111,6 +111,7 @@ def reject(session: Session, vendor: str, reason: str, body: bytes) -> None:
 
 def pending(session: Session, *, vendor: str | None = None, limit: int = 500) -> list[WebhookEvent]:
     """Unprocessed events in order of occurrence (locked against a concurrent drain on PostgreSQL)."""
+    take_sqlite_write_lock(session)  # PostgreSQL: the rows are locked below
     q = select(WebhookEvent).where(WebhookEvent.processed_at.is_(None))  # type: ignore[union-attr]
     if vendor:
         q = q.where(WebhookEvent.vendor == vendor)
