@@ -47,6 +47,7 @@ channel, a bot-only chat or a bot-to-agent hand-off, optionally still in progres
 from __future__ import annotations
 
 import base64
+import bisect
 import binascii
 import json
 import random
@@ -529,9 +530,11 @@ class ZoomSandbox(Sandbox):
                 "address_books": books, "custom_fields": sorted(f["custom_field_name"] for f in self.custom_fields.values())}
 
     # --- paging ----------------------------------------------------------------------------------
-    def _page(self, kind: str, query: tuple, items: list[tuple[tuple, dict[str, Any]]], size: int,
-              token: str | None) -> tuple[list[dict[str, Any]], str] | JSONResponse:
-        """Keyset paging over ``items`` (sorted ``(key, item)``); tokens are opaque and expire."""
+    def _page(self, kind: str, query: tuple, items: list[tuple[tuple, Any]], size: int,
+              token: str | None, render=None) -> tuple[list[dict[str, Any]], str] | JSONResponse:
+        """Keyset paging over ``items`` (sorted ``(key, item)``); tokens are opaque and expire.
+        ``render`` turns the page's items (only theirs: a page costs its size, not the list's) into
+        the response's objects."""
         after: tuple | None = None
         if token:
             with self.lock:
@@ -539,15 +542,14 @@ class ZoomSandbox(Sandbox):
             if saved is None or saved[0] != kind or saved[1] != query or time.time() - saved[3] > TOKEN_TTL:
                 return _err(400, 300, "The next page token is invalid or expired.")
             after = saved[2]
-        rest = [(key, it) for key, it in items if after is None or key > after]
-        page = rest[:size]
+        start = 0 if after is None else bisect.bisect_right(items, after, key=lambda kv: kv[0])
+        page = items[start:start + size]
         nxt = ""
-        if len(rest) > size:
+        if len(items) > start + size:
             nxt = base64.urlsafe_b64encode(self.rand.randbytes(24)).decode().rstrip("=")
             with self.lock:
                 self.tokens[nxt] = (kind, query, page[-1][0], time.time())
-        return [it for _, it in page], nxt
-        return page, nxt
+        return [render(it) if render else it for _, it in page], nxt
 
     # --- routes ---------------------------------------------------------------------------------
     def routes(self, app: FastAPI) -> None:
@@ -733,9 +735,9 @@ class ZoomSandbox(Sandbox):
                 hits = [c for c in sb.contacts.values() if c["address_book_id"] == book_id
                         and (not emails and not phones or set(c.get("emails", [])) & set(emails)
                              or set(c.get("phone_numbers", [])) & set(phones))]
-                items = [((i,), sb._contact_out(c)) for i, c in enumerate(hits)]
-            res = sb._page("contacts", (book_id, tuple(emails), tuple(phones), size), items, size,
-                           p.get("next_page_token"))
+                items = [((i,), c) for i, c in enumerate(hits)]
+                res = sb._page("contacts", (book_id, tuple(emails), tuple(phones), size), items, size,
+                               p.get("next_page_token"), render=sb._contact_out)
             if isinstance(res, JSONResponse):
                 return res
             page, nxt = res
