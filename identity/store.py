@@ -402,8 +402,8 @@ def lock_identity_graph(session: Session) -> None:
     once for one person each see the other's keys missing and found two golden records. A row lock
     cannot prevent it (the row that would conflict does not exist yet), so on PostgreSQL every such
     transaction first takes one transaction-scoped advisory lock; a waiting resolver then reads what
-    the first one committed. SQLite has a single writer anyway (a second one gets "database is
-    locked", which :func:`run_in_transaction` retries). Ingest and API reads never take it.
+    the first one committed. On SQLite the transaction takes the database's write lock before it
+    reads (:func:`take_sqlite_write_lock`), to the same effect. Ingest and API reads never take it.
     """
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
