@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import tuple_, update
+from sqlalchemy import tuple_
 from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
@@ -47,6 +47,7 @@ from identity.store import (
     SourceRow,
     Tombstone,
     lock_identity_graph,
+    update_by_ids,
 )
 from mappings.engine import Mapping, MappingConfigError, MappingError, dig, flatten_profile, mappings_for
 from omnisync.model import ConsentEvent, CustomerProfile, Interaction
@@ -778,13 +779,7 @@ def resolve_pending(session: Session, *, run_id: str | None = None, batch: int =
                 evs = _rows_by_key(session, ConsentEventRow, keys)
                 totals["consent_applied"] += resolver.apply_consent(session, evs)
         session.flush()
-        ids = [r.id for r in rows]
-        now = utcnow()
-        for i in range(0, len(ids), CHUNK):  # one statement per chunk, not an ORM update per row
-            session.execute(update(SourceRow).where(SourceRow.id.in_(ids[i:i + CHUNK]))
-                            .values(pending=False, resolved_at=now).execution_options(synchronize_session=False))
-        for r in rows:
-            session.expire(r, ["pending", "resolved_at"])  # the objects read back what was written
+        update_by_ids(session, SourceRow, [r.id for r in rows], CHUNK, pending=False, resolved_at=utcnow())
         totals["remaining"] = 1
         return dict(totals)
     # Interactions and consent that arrived before their customer's profile get another chance.

@@ -31,12 +31,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from identity.ingest import dead_letter
-from identity.store import DeadLetter, WebhookEvent, take_sqlite_write_lock
+from identity.store import DeadLetter, WebhookEvent, take_sqlite_write_lock, update_by_ids
 from omnisync.records import SourceRecord, as_utc, utcnow
 
 VENDORS = ("hubspot", "zoom", "twilio", "sendgrid")
@@ -120,11 +119,7 @@ def pending(session: Session, *, vendor: str | None = None, limit: int = 500) ->
 
 
 def mark_processed(session: Session, rows: Sequence[WebhookEvent]) -> None:
-    ids = [r.id for r in rows if r.id is not None]
-    now = utcnow()
-    for i in range(0, len(ids), CHUNK):
-        session.execute(update(WebhookEvent).where(WebhookEvent.id.in_(ids[i:i + CHUNK]))  # type: ignore[union-attr]
-                        .values(processed_at=now))
+    update_by_ids(session, WebhookEvent, [r.id for r in rows if r.id is not None], CHUNK, processed_at=utcnow())
 
 
 # --- per vendor --------------------------------------------------------------------------------
