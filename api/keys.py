@@ -122,12 +122,11 @@ def authenticate(session: Session, secret: str | None) -> Principal | None:
     """The principal for ``secret``, or None when it is missing, malformed, unknown or revoked."""
     if not secret or not _KEY_RE.match(secret):
         return None
+    hit = cached_principal(secret)
+    if hit is not None:
+        return hit
     digest = hash_key(secret)
     now = time.monotonic()
-    with _cache_lock:
-        hit = _cache.get(digest)
-    if hit is not None and now - hit[0] < CACHE_SECONDS:
-        return hit[1]
     row = session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first()
     # compare_digest keeps the final check constant-time even though the lookup is by hash
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
@@ -140,3 +139,13 @@ def authenticate(session: Session, secret: str | None) -> Principal | None:
             _cache.clear()
         _cache[digest] = (now, principal)
     return principal
+
+
+def cached_principal(secret: str | None) -> Principal | None:
+    """The principal for ``secret`` if it was verified less than CACHE_SECONDS ago, else None (which
+    says nothing about the key: :func:`authenticate` decides)."""
+    if not secret or not _KEY_RE.match(secret):
+        return None
+    with _cache_lock:
+        hit = _cache.get(hash_key(secret))
+    return hit[1] if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS else None

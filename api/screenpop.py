@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from identity.store import get_read_engine
 from omnisync.records import as_utc
 
 MAX_MATCHES = 50
@@ -58,7 +59,9 @@ class ScreenPopReader:
     """The two reads of a screen pop on one pooled connection, in autocommit (no BEGIN round trip)."""
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._base = get_read_engine(engine)
+        self._engine = self._base.execution_options(isolation_level="AUTOCOMMIT")
+        self._dbapi_error = engine.dialect.loaded_dbapi.Error
         ph = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self._find = _FIND.format(ph=ph, limit=MAX_MATCHES)
         self._recent = _RECENT.format(ph=ph, limit=RECENT)
@@ -68,29 +71,44 @@ class ScreenPopReader:
     def read(self, kind: str, value: str) -> tuple[Match | None, set[str], list[Interaction]] | None:
         """``(best, other ids, recent)`` for identifier ``(kind, value)``; ``best`` is None when no active
         customer has it. ``None`` when the general path must answer (see the module docstring)."""
-        with self._engine.connect() as conn:
-            cur = conn.connection.dbapi_connection.cursor()
-            try:
-                cur.execute(self._find, (kind, value))
-                found: dict[str, Match] = {}
-                for row in cur.fetchall():
-                    m = Match(*row)
-                    if m.status == "merged":
-                        return None
-                    if m.status == "active":
-                        found.setdefault(m.golden_id, m)
-                if not found:
-                    return None, set(), []
-                if self._decode:
-                    found = {g: m._replace(profile=_doc(m.profile), updated_at=_time(m.updated_at))
-                             for g, m in found.items()}
-                best = max(found.values(), key=lambda m: (as_utc(m.updated_at), m.golden_id))
-                if best.n_alias:
+        for attempt in (1, 2):
+            with self._engine.connect() as conn:
+                dbapi_conn = conn.connection.dbapi_connection
+                try:
+                    return self._read(dbapi_conn, kind, value)
+                except self._dbapi_error as e:
+                    if attempt == 2 or not self._base.dialect.is_disconnect(e, dbapi_conn, None):
+                        raise
+                    conn.invalidate()
+            # Pooled connections are not pinged before use (a round trip per lookup). One the server
+            # dropped fails here; it has most likely dropped them all (a restart), so the pool starts
+            # afresh and the read is tried once more on a new connection.
+            self._base.dispose()
+        raise AssertionError("unreachable")
+
+    def _read(self, dbapi_conn: Any, kind: str, value: str) -> tuple[Match | None, set[str], list[Interaction]] | None:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(self._find, (kind, value))
+            found: dict[str, Match] = {}
+            for row in cur.fetchall():
+                m = Match(*row)
+                if m.status == "merged":
                     return None
-                cur.execute(self._recent, (best.golden_id,))
-                recent = [Interaction(*r) for r in cur.fetchall()]
-            finally:
-                cur.close()
+                if m.status == "active":
+                    found.setdefault(m.golden_id, m)
+            if not found:
+                return None, set(), []
+            if self._decode:
+                found = {g: m._replace(profile=_doc(m.profile), updated_at=_time(m.updated_at))
+                         for g, m in found.items()}
+            best = max(found.values(), key=lambda m: (as_utc(m.updated_at), m.golden_id))
+            if best.n_alias:
+                return None
+            cur.execute(self._recent, (best.golden_id,))
+            recent = [Interaction(*r) for r in cur.fetchall()]
+        finally:
+            cur.close()
         if self._decode:
             recent = [it._replace(started_at=_time(it.started_at), ended_at=_time(it.ended_at), data=_doc(it.data))
                       for it in recent]

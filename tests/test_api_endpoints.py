@@ -231,6 +231,78 @@ def test_the_screen_pop_fast_reader_answers_as_the_general_path_or_declines(api)
     assert get(api, "/v1/lookup", phone="+48500100200").json()["other_matches"] == ["g-twin"]
 
 
+@pytest.fixture
+def fast_answers(monkeypatch):
+    """How many lookups the fast path answered itself (it hands the rest to the route)."""
+    from api.app import LookupFastPath
+
+    answered = []
+    real = LookupFastPath._answer
+
+    async def spy(self, scope):
+        body = await real(self, scope)
+        answered.append(body is not None)
+        return body
+
+    monkeypatch.setattr(LookupFastPath, "_answer", spy)
+    return answered
+
+
+def test_the_lookup_fast_path_answers_as_the_route_and_leaves_it_every_other_case(api, fast_answers):
+    with session_scope(api.engine) as s:
+        s.add(GoldenRecord(golden_id="g-plain", profile={"first_name": "Ola", "locale": "pl-PL"},
+                           updated_at=T0 + timedelta(days=1)))
+        s.add(GoldenRecord(golden_id="g-twin", profile={"first_name": "Ela"}, updated_at=T0))
+        for n, gid in enumerate(("g-plain", "g-twin")):
+            s.add(IdentityKey(kind="phone", value="+48500100200", source_id=100 + n, golden_id=gid))
+            s.add(IdentityKey(kind="ext:zoom", value="zc-48", source_id=100 + n, golden_id=gid))
+        s.add(_it("g-plain", 9, "chat", 95, handoff=HANDOFF, summary="bot handed over", queue="PL", agent="Ania"))
+    fast = [("full", "phone=%2B48%20500%20100%20200"), ("masked", "phone=%2B48500100200"),
+            ("ivr", "external_id=zc-48&system=zoom"), ("full", "email=bob%40example.org")]
+    route_only = [("full", f"phone={quote(PHONE)}"),  # Amara absorbed a duplicate: the route follows it
+                  ("full", "phone=%2B48500100200&phone=%2B48500100200"), ("full", "phone=%2B48500100200&x=1"),
+                  ("full", "phone="), ("full", "phone=%2B48500100200&email=bob%40example.org"),
+                  ("full", "email=" + "x" * 250 + "%40example.com"), ("full", "email=nobody%40example.com"),
+                  ("full", "email=gone%40example.com"), ("full", "phone=12"), ("full", "external_id=zc-48"),
+                  ("pii-only", "phone=%2B48500100200"), (None, "phone=%2B48500100200")]
+
+    def ask(key, query):
+        headers = {"X-API-Key": api.keys[key]} if key else {}
+        r = api.get(f"/v1/lookup?{query}", headers=headers)
+        return r.status_code, r.headers["content-type"], r.text
+
+    for key, query in fast + route_only:
+        keys.clear_cache()
+        first = ask(key, query)  # no verified key yet: the route answers, and verifies the key
+        assert fast_answers.pop() is False
+        again = ask(key, query)
+        assert again == first, (key, query)
+        assert fast_answers.pop() is ((key, query) in fast), (key, query)
+    assert json.loads(ask("full", "phone=%2B48500100200")[2])["other_matches"] == ["g-twin"]
+    assert json.loads(ask("masked", "phone=%2B48500100200")[2])["name"] != "Ola"
+
+
+@pytest.mark.postgres
+def test_a_lookup_survives_the_database_dropping_its_pooled_connection(pg_url, fast_answers):
+    import sqlalchemy as sa
+
+    from identity.store import get_read_engine
+
+    engine = get_engine(pg_url)
+    seed(engine)
+    secret = keys.create_key("ivr", ["lookup"], engine=engine)
+    with TestClient(create_app(engine)) as client:
+        ask = lambda: client.get("/v1/lookup", params={"email": "bob@example.org"}, headers={"X-API-Key": secret})
+        assert ask().status_code == 200 and ask().status_code == 200 and fast_answers[-1] is True
+        with get_read_engine(engine).connect() as c:  # the pooled connection the fast path used
+            pid = c.connection.dbapi_connection.info.backend_pid
+        with engine.begin() as c:
+            assert c.execute(sa.text("select pg_terminate_backend(:p)"), {"p": pid}).scalar() is True
+        r = ask()
+        assert r.status_code == 200 and r.json()["golden_id"] == OTHER
+        assert fast_answers[-1] is True  # answered by the reader's one retry, not by falling back
+
+
 def test_overlong_parameters_are_422_without_echoing_the_input(api):
     r = get(api, "/v1/lookup", email="x" * 300 + "@example.com")
     assert r.status_code == 422 and "x" * 50 not in r.text
