@@ -96,9 +96,12 @@ def seed(engine: sa.engine.Engine, n: int, per_customer: int = 2, heavy: int = 1
                  "summary": f"message {k}", "fingerprint": "f", "ingested_at": T0, "data": {"status": "delivered"}}
                 for k in range(heavy)]
         c.execute(it.insert(), rows)
-    with engine.connect() as c:
-        if engine.dialect.name == "postgresql":
-            c.exec_driver_sql("ANALYZE")
+    if engine.dialect.name == "postgresql":
+        # A serving store has been vacuumed and checkpointed since its bulk load; without this,
+        # autovacuum and the checkpoint of the load run during the measurement and are its tail.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            c.exec_driver_sql("VACUUM (ANALYZE) golden_record, identity_key, interaction, golden_alias")
+            c.exec_driver_sql("CHECKPOINT")
     return heavy_id
 
 
@@ -299,9 +302,8 @@ def main(quick: bool = False) -> dict[str, Any]:
     growth["loopback_lookup"] = round(big["loopback_lookup"]["p99_ms"] / max(small["loopback_lookup"]["p99_ms"], 1e-6), 2)
     factor = big["golden_records"] / small["golden_records"]
     print(f"p99 growth with {factor:.0f}x data: " + ", ".join(f"{k} x{v}" for k, v in growth.items()))
-    target = big["loopback_lookup"]["p99_ms"] < 10 and big["loopback_lookup"]["errors"] == 0
-    print(f"target (p99 < 10 ms at {rps}/s on {backend}, {big['golden_records']:,} records): "
-          f"{'met' if target else 'NOT met'}")
+    target = all(r["loopback_lookup"]["p99_ms"] < 10 and r["loopback_lookup"]["errors"] == 0 for r in runs)
+    print(f"target (p99 < 10 ms at {rps}/s on {backend}, every size): {'met' if target else 'NOT met'}")
     return {"backend": backend, "runs": runs, "growth_p99": growth, "target_met": target}
 
 
