@@ -6,9 +6,11 @@ each (email and phone), a few interactions each, and one customer with 1,000 int
 
 * in process (httpx over ASGI transport, no network): lookup by phone, profile, timeline page of 50
   for the 1,000-interaction customer; p50/p99 over random customers;
-* over loopback: the API in its own uvicorn process (``OMNISYNC_BENCH_API_WORKERS`` processes), an open-loop client sending lookups at a fixed
-  rate (default 500/s, ``OMNISYNC_BENCH_API_RPS``); latency is measured from each request's scheduled
-  send time, so a server falling behind shows up as queueing instead of being hidden.
+* over loopback: the API in its own uvicorn process (``OMNISYNC_BENCH_API_WORKERS`` processes), and
+  :mod:`bench.loadgen` in another, sending lookups at a fixed rate (default 500/s,
+  ``OMNISYNC_BENCH_API_RPS``) for 20 s (10,000 lookups: p99 is the 100th slowest); latency is
+  measured from each request's scheduled send time, so a server falling behind shows up as
+  queueing instead of being hidden.
 
 The store is PostgreSQL when reachable (the issue's target: p99 under 10 ms at 500 requests/s),
 else SQLite. Growth is the ratio of the largest size's p99 to the smallest's.
@@ -16,7 +18,7 @@ else SQLite. Growth is the ratio of the largest size's p99 to the smallest's.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import random
 import socket
@@ -32,12 +34,12 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from bench import loadgen
 from bench.stores import pg_reachable, scratch_store
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 CHUNK = 5_000
-WARMUP = 50
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -167,9 +169,9 @@ def _loopback(url: str, key: str, n: int, rps: int, seconds: float) -> dict[str,
         rnd = random.Random(5)
         phones = [_phone(rnd.randrange(n)) for _ in range(total)]
         cpu0 = _cpu_seconds(proc.pid)
-        lat, errors, elapsed = asyncio.run(_open_loop(port, key, phones, rps))
+        lat, errors, elapsed = _open_loop(port, key, phones, rps)
         cpu1 = _cpu_seconds(proc.pid)
-        per = None if cpu0 is None or cpu1 is None else round((cpu1 - cpu0) * 1000 / (total + WARMUP), 3)
+        per = None if cpu0 is None or cpu1 is None else round((cpu1 - cpu0) * 1000 / (total + loadgen.WARMUP), 3)
         return {**_ms(lat), "target_rps": rps, "achieved_rps": round(total / elapsed, 1), "errors": errors,
                 "server_cpu_ms_per_request": per}
     finally:
@@ -198,54 +200,18 @@ def _cpu_seconds(pid: int) -> float | None:
         return None
 
 
-async def _open_loop(port: int, key: str, phones: list[str], rps: int, conns: int = 24):
-    """Send one lookup per phone at ``rps`` over keep-alive connections; a minimal HTTP/1.1 client so
-    the load generator costs little CPU next to the server on the same machine."""
-    import asyncio
+def _open_loop(port: int, key: str, phones: list[str], rps: int) -> tuple[list[float], int, float]:
+    """Lookups of ``phones`` at ``rps`` from the lean load generator (:mod:`bench.loadgen`)."""
     from urllib.parse import quote
 
-    idle: asyncio.Queue = asyncio.Queue()
-    for _ in range(conns):
-        idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
-    lat: list[float] = []
-    errors = 0
-
-    async def one(path: str) -> bool:
-        reader, writer = await idle.get()
-        try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nX-API-Key: {key}\r\n\r\n".encode())
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
-            return head.startswith(b"HTTP/1.1 200")
-        finally:
-            idle.put_nowait((reader, writer))
-
-    async def fire(i: int, due: float) -> None:
-        nonlocal errors
-        try:
-            ok = await one(f"/v1/lookup?phone={quote(phones[i])}")
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-            ok = False
-        lat.append(time.perf_counter() - due)
-        errors += not ok
-
-    for p in phones[:WARMUP]:  # warm up: key cache, pool, prepared statements
-        await one(f"/v1/lookup?phone={quote(p)}")
-    start = time.perf_counter() + 0.05
-    tasks = []
-    for i in range(len(phones)):
-        due = start + i / rps
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(fire(i, due)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
-    while not idle.empty():
-        _r, w = idle.get_nowait()
-        w.close()
-    return lat, errors, elapsed
+    paths = [f"/v1/lookup?phone={quote(p)}" for p in phones]
+    done = subprocess.run([sys.executable, "-m", "bench.loadgen", str(port), str(rps), "X-API-Key"],
+                          input=json.dumps(paths), capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMNISYNC_LOADGEN_HEADER_VALUE": key})
+    if done.returncode:
+        raise RuntimeError("load generator failed: " + done.stderr[-1000:])
+    out = json.loads(done.stdout)
+    return out["latencies"], out["errors"], out["elapsed"]
 
 
 def run_size(backend: str, n: int, *, requests: int, rps: int, seconds: float) -> dict[str, Any]:
@@ -283,7 +249,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     env_sizes = os.environ.get("OMNISYNC_BENCH_API_SIZES")
     sizes = [int(x) for x in env_sizes.split(",")] if env_sizes else ([1_000, 10_000] if quick else [100_000, 1_000_000])
     rps = int(os.environ.get("OMNISYNC_BENCH_API_RPS", "500"))
-    requests, seconds = (200, 2.0) if quick else (1_000, 10.0)
+    requests, seconds = (200, 2.0) if quick else (1_000, 20.0)
     print(f"store: {backend}; sizes {', '.join(f'{s:,}' for s in sizes)}; loopback at {rps} lookups/s for {seconds:.0f} s")
     runs = [run_size(backend, n, requests=requests, rps=rps, seconds=seconds) for n in sizes]
     print(f"{'golden':>10} {'seed s':>7} | {'lookup p50/p99':>15} {'profile p50/p99':>16} {'timeline p50/p99':>17}"
