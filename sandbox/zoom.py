@@ -223,6 +223,10 @@ class ZoomSandbox(Sandbox):
                       for k, n in FLOWS.items()}
         self.dispositions = [{"disposition_id": _zid(r), "disposition_name": n} for n in DISPOSITIONS]
         self.engagements: dict[str, dict[str, Any]] = {}
+        # (start, id), sorted (a start never changes): a listing's time window is a slice of it, so a
+        # page costs the window, not every engagement the sandbox holds
+        self._starts: list[tuple[datetime, str]] = []
+        self._unsorted = False
         self.tokens: dict[str, tuple[str, tuple, tuple, float]] = {}
         self._qps = (0, 0)
         with self.lock:
@@ -379,6 +383,8 @@ class ZoomSandbox(Sandbox):
             e.update(end_time=_iso(t), duration=int((t - start).total_seconds()))
         with self.lock:
             self.engagements[eid] = e
+            self._starts.append((_parse_time(e["start_time"]), eid))
+            self._unsorted = True  # sorted once when next listed: seeding appends many
         return e
 
     def _disposition(self, name: str, r: random.Random) -> dict[str, Any]:
@@ -598,8 +604,12 @@ class ZoomSandbox(Sandbox):
                 lo, hi = now - timedelta(days=1), now
             filters = {k: p.get(k) for k in ("direction", "channel", "consumer_number", "queue_id", "user_id")}
             with sb.lock:
-                hits = [e for e in sb.engagements.values()
-                        if lo <= _parse_time(e["start_time"]) <= hi and _matches(e, filters)]
+                if sb._unsorted:
+                    sb._starts.sort()
+                    sb._unsorted = False
+                window = sb._starts[bisect.bisect_left(sb._starts, (lo, "")):
+                                    bisect.bisect_right(sb._starts, (hi, "\uffff"))]
+                hits = [e for _, eid in window if _matches(e := sb.engagements[eid], filters)]
             items = sorted(((e["start_time"], e["engagement_id"]), e) for e in hits)
             query = (_iso(lo), _iso(hi), tuple(sorted((k, v) for k, v in filters.items() if v)), size)
             res = sb._page("engagements", query, items, size, p.get("next_page_token"))
