@@ -61,6 +61,7 @@ log = logging.getLogger("omnisync.api")
 HERE = Path(__file__).parent
 COOKIE = "omnisync_key"
 MAX_ALIAS_HOPS = 16
+EMAIL_MAX, PHONE_MAX = 254, 40  # a lookup's parameters, longer ones are refused (422)
 MAX_BIGINT = 2**63 - 1  # larger numbers would reach PostgreSQL and fail there as a 500
 OPEN_STATUSES = {"in_progress", "open", "pending", "new", "escalated", "waiting", "abandoned_in_queue"}
 CLOSED_STATUSES = {"resolved", "closed", "solved", "contained"}
@@ -544,7 +545,8 @@ def create_app(engine_or_url: Engine | str | None = None) -> FastAPI:
     # --- v1 -------------------------------------------------------------------------------------
 
     @app.get("/v1/lookup", tags=["lookup"], summary="Screen pop: find a customer by email, phone or external id")
-    def lookup(email: str | None = Query(None, max_length=254), phone: str | None = Query(None, max_length=40),
+    def lookup(email: str | None = Query(None, max_length=EMAIL_MAX),
+               phone: str | None = Query(None, max_length=PHONE_MAX),
                external_id: str | None = Query(None), system: str | None = Query(None),
                who: Principal = Depends(_require("lookup")), s: Session = Depends(get_session)) -> Response:
         """Answers with the survivor of every merge, and what routing and the agent need first."""
@@ -783,7 +785,7 @@ class LookupFastPath:
     the same body builder (:func:`lookup_body`); a test holds the two to the same answers.
     """
 
-    PARAMS = {"email": 254, "phone": 40, "external_id": None, "system": None}  # name: the route's max_length
+    PARAMS = {"email": EMAIL_MAX, "phone": PHONE_MAX, "external_id": None, "system": None}  # name: max length
     _pool: ThreadPoolExecutor | None = None
     _pool_lock = threading.Lock()
 
