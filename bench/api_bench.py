@@ -13,7 +13,10 @@ each (email and phone), a few interactions each, and one customer with 1,000 int
   queueing instead of being hidden.
 
 The store is PostgreSQL when reachable (the issue's target: p99 under 10 ms at 500 requests/s),
-else SQLite. Growth is the ratio of the largest size's p99 to the smallest's.
+else SQLite, on two servers side by side: ``shared``, the machine's server as it is configured
+(128 MB of buffers), and ``serving``, a private server with the buffers a serving store is given
+(:func:`bench.stores.serving_postgres`). Growth is the ratio of the largest size's p99 to the
+smallest's.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import httpx
 import sqlalchemy as sa
 
 from bench import loadgen
-from bench.stores import pg_reachable, scratch_store
+from bench.stores import PG_URL, pg_reachable, scratch_store, serving_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -214,12 +217,13 @@ def _open_loop(port: int, key: str, phones: list[str], rps: int) -> tuple[list[f
     return out["latencies"], out["errors"], out["elapsed"]
 
 
-def run_size(backend: str, n: int, *, requests: int, rps: int, seconds: float) -> dict[str, Any]:
+def run_size(backend: str, n: int, *, requests: int, rps: int, seconds: float, pg_base: str = PG_URL
+             ) -> dict[str, Any]:
     from api import keys
     from identity.store import dispose_engines, get_engine
     from omnisync.settings import reset_settings
 
-    url, cleanup = scratch_store(backend, "bench_api")
+    url, cleanup = scratch_store(backend, "bench_api", pg_base)
     saved = os.environ.get("OMNISYNC_DATABASE_URL")
     try:
         engine = get_engine(url)
@@ -244,19 +248,12 @@ def run_size(backend: str, n: int, *, requests: int, rps: int, seconds: float) -
         cleanup()
 
 
-def main(quick: bool = False) -> dict[str, Any]:
-    backend = "postgresql" if pg_reachable() else "sqlite"
-    env_sizes = os.environ.get("OMNISYNC_BENCH_API_SIZES")
-    sizes = [int(x) for x in env_sizes.split(",")] if env_sizes else ([1_000, 10_000] if quick else [100_000, 1_000_000])
-    rps = int(os.environ.get("OMNISYNC_BENCH_API_RPS", "500"))
-    requests, seconds = (200, 2.0) if quick else (1_000, 20.0)
-    print(f"store: {backend}; sizes {', '.join(f'{s:,}' for s in sizes)}; loopback at {rps} lookups/s for {seconds:.0f} s")
-    runs = [run_size(backend, n, requests=requests, rps=rps, seconds=seconds) for n in sizes]
-    print(f"{'golden':>10} {'seed s':>7} | {'lookup p50/p99':>15} {'profile p50/p99':>16} {'timeline p50/p99':>17}"
-          f" | {'loopback p50/p99 ms':>20} {'rps':>6} {'err':>4} {'srv cpu ms':>10}")
+def _report(server: str, runs: list[dict[str, Any]], rps: int) -> dict[str, Any]:
+    print(f"{'server':>8} {'golden':>10} {'seed s':>7} | {'lookup p50/p99':>15} {'profile p50/p99':>16} "
+          f"{'timeline p50/p99':>17} | {'loopback p50/p99 ms':>20} {'rps':>6} {'err':>4} {'srv cpu ms':>10}")
     for r in runs:
         ip, lb = r["in_process"], r["loopback_lookup"]
-        print(f"{r['golden_records']:>10,} {r['seed_s']:>7.1f} | "
+        print(f"{server:>8} {r['golden_records']:>10,} {r['seed_s']:>7.1f} | "
               f"{ip['lookup']['p50_ms']:>6.2f}/{ip['lookup']['p99_ms']:<8.2f} "
               f"{ip['profile']['p50_ms']:>6.2f}/{ip['profile']['p99_ms']:<9.2f} "
               f"{ip['timeline']['p50_ms']:>6.2f}/{ip['timeline']['p99_ms']:<10.2f} | "
@@ -267,10 +264,40 @@ def main(quick: bool = False) -> dict[str, Any]:
               for name in ("lookup", "profile", "timeline")}
     growth["loopback_lookup"] = round(big["loopback_lookup"]["p99_ms"] / max(small["loopback_lookup"]["p99_ms"], 1e-6), 2)
     factor = big["golden_records"] / small["golden_records"]
-    print(f"p99 growth with {factor:.0f}x data: " + ", ".join(f"{k} x{v}" for k, v in growth.items()))
+    print(f"{server}: p99 growth with {factor:.0f}x data: " + ", ".join(f"{k} x{v}" for k, v in growth.items()))
     target = all(r["loopback_lookup"]["p99_ms"] < 10 and r["loopback_lookup"]["errors"] == 0 for r in runs)
-    print(f"target (p99 < 10 ms at {rps}/s on {backend}, every size): {'met' if target else 'NOT met'}")
-    return {"backend": backend, "runs": runs, "growth_p99": growth, "target_met": target}
+    print(f"{server}: target (p99 < 10 ms at {rps}/s, every size): {'met' if target else 'NOT met'}")
+    return {"runs": runs, "growth_p99": growth, "target_met": target}
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    """Each store size on each PostgreSQL server (``OMNISYNC_BENCH_API_SERVERS``, default both):
+    ``shared``, the machine's server as configured (``OMNISYNC_TEST_PG_URL``), and ``serving``, a
+    private server with the buffers a serving store is given (:func:`bench.stores.serving_postgres`).
+    SQLite when no PostgreSQL is reachable."""
+    env_sizes = os.environ.get("OMNISYNC_BENCH_API_SIZES")
+    sizes = [int(x) for x in env_sizes.split(",")] if env_sizes else ([1_000, 10_000] if quick else [100_000, 1_000_000])
+    rps = int(os.environ.get("OMNISYNC_BENCH_API_RPS", "500"))
+    requests, seconds = (200, 2.0) if quick else (1_000, 20.0)
+    servers = os.environ.get("OMNISYNC_BENCH_API_SERVERS", "shared" if quick else "shared,serving").split(",")
+    if not pg_reachable():
+        servers = ["sqlite"]
+    print(f"servers: {', '.join(servers)}; sizes {', '.join(f'{s:,}' for s in sizes)}; "
+          f"loopback at {rps} lookups/s for {seconds:.0f} s")
+    out: dict[str, Any] = {}
+    for server in servers:
+        if server == "serving":
+            with serving_postgres() as base:
+                if base is None:
+                    print("serving: skipped (no PostgreSQL server binaries, or the private server did not start)")
+                    continue
+                runs = [run_size("postgresql", n, requests=requests, rps=rps, seconds=seconds, pg_base=base)
+                        for n in sizes]
+        else:
+            backend = "sqlite" if server == "sqlite" else "postgresql"
+            runs = [run_size(backend, n, requests=requests, rps=rps, seconds=seconds) for n in sizes]
+        out[server] = _report(server, runs, rps)
+    return out
 
 
 if __name__ == "__main__":
