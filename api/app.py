@@ -28,7 +28,6 @@ import binascii
 import dataclasses
 import json
 import logging
-import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -786,29 +785,18 @@ class LookupFastPath:
     """
 
     PARAMS = {"email": EMAIL_MAX, "phone": PHONE_MAX, "external_id": None, "system": None}  # name: max length
-    _pool: ThreadPoolExecutor | None = None
-    _pool_lock = threading.Lock()
+    # The reads block on the database, so they leave the event loop; a few threads are enough (one
+    # process holds the GIL) and keep the connection pool from overflowing. Started on first use.
+    _threads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lookup")
 
     def __init__(self, app: Any, reader: ScreenPopReader) -> None:
         self.app, self.reader = app, reader
-
-    @classmethod
-    def _executor(cls) -> ThreadPoolExecutor:
-        # The reads block on the database, so they leave the event loop; a few threads are enough
-        # (one process holds the GIL) and keep the connection pool from overflowing.
-        with cls._pool_lock:
-            if cls._pool is None:
-                cls._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lookup")
-            return cls._pool
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/lookup" and scope["method"] == "GET":
             body = await self._answer(scope)
             if body is not None:
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
+                await fast_json(body)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -822,9 +810,7 @@ class LookupFastPath:
             params[name] = value
         return params
 
-    async def _answer(self, scope: dict) -> bytes | None:
-        if _orjson is None:
-            return None
+    async def _answer(self, scope: dict) -> dict[str, Any] | None:
         params = self._params(scope.get("query_string", b""))
         if params is None:
             return None
@@ -839,13 +825,13 @@ class LookupFastPath:
             return None
         loop = asyncio.get_running_loop()
         try:
-            got = await loop.run_in_executor(self._executor(), self.reader.read, kind, value)
+            got = await loop.run_in_executor(self._threads, self.reader.read, kind, value)
         except Exception:  # the route meets the same fault and answers it (logged, a problem document)
             return None
         if got is None or got[0] is None:
             return None
         best, other_ids, recent = got
-        return _orjson.dumps(lookup_body(best, other_ids, recent, kind, who.pii))
+        return lookup_body(best, other_ids, recent, kind, who.pii)
 
 
 def _is_settings_store(engine: Engine) -> bool:

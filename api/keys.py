@@ -122,10 +122,10 @@ def authenticate(session: Session, secret: str | None) -> Principal | None:
     """The principal for ``secret``, or None when it is missing, malformed, unknown or revoked."""
     if not secret or not _KEY_RE.match(secret):
         return None
-    hit = cached_principal(secret)
+    digest = hash_key(secret)
+    hit = _cached(digest)
     if hit is not None:
         return hit
-    digest = hash_key(secret)
     now = time.monotonic()
     row = session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first()
     # compare_digest keeps the final check constant-time even though the lookup is by hash
@@ -146,6 +146,10 @@ def cached_principal(secret: str | None) -> Principal | None:
     says nothing about the key: :func:`authenticate` decides)."""
     if not secret or not _KEY_RE.match(secret):
         return None
+    return _cached(hash_key(secret))
+
+
+def _cached(digest: str) -> Principal | None:
     with _cache_lock:
-        hit = _cache.get(hash_key(secret))
+        hit = _cache.get(digest)
     return hit[1] if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS else None

@@ -75,20 +75,20 @@ class ScreenPopReader:
     def read(self, kind: str, value: str) -> tuple[Match | None, set[str], list[Interaction]] | None:
         """``(best, other ids, recent)`` for identifier ``(kind, value)``; ``best`` is None when no active
         customer has it. ``None`` when the general path must answer (see the module docstring)."""
-        for attempt in (1, 2):
-            with self._engine.connect() as conn:
-                dbapi_conn = conn.connection.dbapi_connection
-                try:
-                    return self._read(dbapi_conn, kind, value)
-                except self._dbapi_error as e:
-                    if attempt == 2 or not self._base.dialect.is_disconnect(e, dbapi_conn, None):
-                        raise
-                    conn.invalidate()
-            # Pooled connections are not pinged before use (a round trip per lookup). One the server
-            # dropped fails here; it has most likely dropped them all (a restart), so the pool starts
-            # afresh and the read is tried once more on a new connection.
-            self._base.dispose()
-        raise AssertionError("unreachable")
+        with self._engine.connect() as conn:
+            dbapi_conn = conn.connection.dbapi_connection
+            try:
+                return self._read(dbapi_conn, kind, value)
+            except self._dbapi_error as e:
+                if not self._base.dialect.is_disconnect(e, dbapi_conn, None):
+                    raise
+                conn.invalidate()
+        # Pooled connections are not pinged before use (a round trip per lookup). One the server
+        # dropped fails above; it has most likely dropped them all (a restart), so the pool starts
+        # afresh and the read is tried once more, on a new connection.
+        self._base.dispose()
+        with self._engine.connect() as conn:
+            return self._read(conn.connection.dbapi_connection, kind, value)
 
     def _read(self, dbapi_conn: Any, kind: str, value: str) -> tuple[Match | None, set[str], list[Interaction]] | None:
         cur = dbapi_conn.cursor()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import sqlalchemy as sa
 
 from bench import loadgen
 from bench.stores import PG_URL, pg_reachable, scratch_store, serving_postgres
+from sandbox.framework import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -140,15 +140,9 @@ def _in_process(engine: sa.engine.Engine, key: str, n: int, heavy: str, requests
     return {k: _ms(v) for k, v in out.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _loopback(url: str, key: str, n: int, rps: int, seconds: float) -> dict[str, Any]:
     """Open-loop lookups at ``rps`` against a uvicorn process; latency from the scheduled send time."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMNISYNC_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
     workers = int(os.environ.get("OMNISYNC_BENCH_API_WORKERS", "1"))
     code = f"from api.server import serve; serve('127.0.0.1', {port}, workers={workers})"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -17,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
+
+from sandbox.framework import free_port
 
 PG_URL = os.environ.get("OMNISYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -93,9 +94,7 @@ def serving_postgres(shared_buffers: str = "4GB") -> Iterator[str | None]:
     d = tempfile.mkdtemp(prefix="omnisync-pgserve-")
     if as_user:
         shutil.chown(d, "postgres")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     data, started, base = os.path.join(d, "data"), False, None
     try:
         try:

@@ -441,9 +441,9 @@ def take_sqlite_write_lock(session: Session) -> None:
     this transaction has already written (it holds the lock)."""
     if session.get_bind().dialect.name != "sqlite":
         return
-    raw = session.connection().connection.dbapi_connection
-    if not raw.in_transaction:
-        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+    conn = session.connection()
+    if not conn.connection.dbapi_connection.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def update_by_ids(session: Session, model: Any, ids: list[int], chunk: int = 500, **values: Any) -> None:
