@@ -22,9 +22,10 @@ from identity.store import ChangeEvent, GoldenRecord, run_in_transaction, sessio
 from omnisync.records import Cursor
 
 STREAM = "profiles-lookup"
+ASKED_MAX = 200_000  # addresses remembered per pass (about 15 MB)
 
 
-def _targets(session: Session, after: int, limit: int) -> tuple[list[tuple[str, str]], int]:
+def _targets(session: Session, after: int, limit: int, asked: set[int]) -> tuple[list[tuple[str, str]], int]:
     rows = list(session.exec(select(ChangeEvent.seq, ChangeEvent.golden_id).where(ChangeEvent.seq > after)
                              .order_by(ChangeEvent.seq).limit(limit)))
     if not rows:
@@ -35,13 +36,14 @@ def _targets(session: Session, after: int, limit: int) -> tuple[list[tuple[str, 
     # and the connector then skips them
     by_rank: list[list[tuple[str, str]]] = [[], [], []]
     for i in range(0, len(ids), 500):
-        for g in session.exec(select(GoldenRecord).where(GoldenRecord.golden_id.in_(ids[i:i + 500]),
-                                                         GoldenRecord.status == "active")):
-            profile = g.profile or {}
+        for profile in session.exec(select(GoldenRecord.profile).where(GoldenRecord.golden_id.in_(ids[i:i + 500]),
+                                                                       GoldenRecord.status == "active")):
+            profile = profile or {}
             if profile.get("cdp_user_id") or not profile.get("emails"):
                 continue
             for rank, e in enumerate(profile["emails"][:3]):
-                by_rank[rank].append(("email", e))
+                if hash(e) not in asked:
+                    by_rank[rank].append(("email", e))
     return [lk for rank in by_rank for lk in rank], rows[-1][0]
 
 
@@ -53,15 +55,25 @@ def enrich_from_cdp(engine: Engine, connector: Any, *, run_id: str | None = None
     """
     total = Counts()
     lookups_made = 0
+    # A first load writes several change events per person (created, then updated by later
+    # batches, merged...), and the profiles found only reach the golden record at the next
+    # resolution: without this, one pass asked the CDP about the same address three times over.
+    # Hashes, not addresses: no personal data held, and a person's new address is still asked.
+    # Bounded, so a first load of millions keeps flat memory: past the bound an address may be
+    # asked twice, which costs a call, not correctness.
+    asked: set[int] = set()
     while True:
         with session_scope(engine) as s:
             cursor = load_cursor(s, connector.system, STREAM)
             after = int(cursor.token) if cursor and cursor.token else 0
-            lookups, top = _targets(s, after, batch)
+            lookups, top = _targets(s, after, batch, asked)
         if top == after:
             break
         records = connector.fetch_profiles(lookups) if lookups else []
         lookups_made += len(lookups)
+        if len(asked) > ASKED_MAX:
+            asked.clear()
+        asked.update(hash(e) for _, e in lookups)
 
         def store(session: Session, records=records, top=top) -> Counts:
             counts = ingest_records(session, records, run_id=run_id) if records else Counts()
