@@ -91,8 +91,13 @@ class FieldError(ValueError):
 
 
 # --- normalization (cached per raw value) ----------------------------------------------------
+# Bounded caches: the same values recur within a batch and a block (a person's records, common
+# names), not across a whole population; an unbounded or million-entry cache of addresses grew
+# with the data a long-running sync has seen (about 250 bytes an entry), for few hits.
+CACHE = 1 << 16
 
-@lru_cache(maxsize=None)
+
+@lru_cache(maxsize=CACHE)
 def fold_name(raw: str) -> str:
     """Lower-case, accents and everything but letters removed (same folding as identity.rules)."""
     if not raw:
@@ -108,7 +113,7 @@ _NANP_CHARS = frozenset("0123456789 ()-.+")
 _NANP_REGIONS = frozenset({"US", "CA"})
 
 
-@lru_cache(maxsize=1 << 20)
+@lru_cache(maxsize=CACHE)
 def _phone(raw: str, region: str) -> str | None:
     # Fast path for the common North American shapes ("(415) 555-0134", "+1 415 555 0134",
     # "14155550134"): the same E.164 phonenumbers gives, at a tenth of the cost. Anything
@@ -129,7 +134,7 @@ def _phone(raw: str, region: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=1 << 20)
+@lru_cache(maxsize=CACHE)
 def _email(raw: str) -> str | None:
     try:
         return normalize_email(raw)
@@ -142,7 +147,7 @@ _DATE_SLASH = re.compile(r"^(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})$")
 _DATE_COMPACT = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
 
 
-@lru_cache(maxsize=1 << 17)
+@lru_cache(maxsize=CACHE)
 def parse_birth_date(raw: str, dayfirst: bool = False) -> int | None:
     """``yyyymmdd`` as an int from ISO, ``MM/DD/YYYY`` (``DD/MM/YYYY`` when dayfirst) or ``YYYYMMDD``."""
     s = raw.strip()
@@ -166,13 +171,13 @@ _STREET_WORDS = {"street": "st", "avenue": "ave", "av": "ave", "road": "rd", "bo
                  "west": "w", "highway": "hwy", "parkway": "pkwy", "square": "sq", "unit": "apt"}
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=CACHE)
 def normalize_street(raw: str) -> str:
     words = re.sub(r"[^0-9a-z ]+", " ", raw.lower().replace("#", " apt ")).split()
     return " ".join(_STREET_WORDS.get(w, w) for w in words)
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=CACHE)
 def normalize_postcode(raw: str) -> str:
     s = re.sub(r"\s+", "", raw).upper()
     if re.fullmatch(r"\d{5}-?\d{4}", s):  # US ZIP+4: the ZIP is what both sides reliably carry
@@ -180,12 +185,12 @@ def normalize_postcode(raw: str) -> str:
     return s
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=CACHE)
 def normalize_place(raw: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z ]+", " ", raw.lower()).split())
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=CACHE)
 def _soundex(name: str) -> str:
     return soundex(name) if name else ""
 

@@ -67,6 +67,7 @@ from identity.batch import cluster, no_gc
 from identity.batch import resolve as batch_resolve
 from identity.golden import canonical_facts, created_for, refresh
 from identity.matching import (
+    CACHE,
     Entity,
     KeyStats,
     Scorer,
@@ -192,7 +193,7 @@ def _value_of(key: str, kind: str) -> str:
     return key.partition("=")[2] if kind.startswith("ext:") or kind == "cdp" else key
 
 
-@lru_cache(maxsize=1 << 18)
+@lru_cache(maxsize=CACHE)
 def _term_hash(key: str, secret: str) -> str:
     return keyed_hash(f"match-term:{key}", secret)[:32]
 
