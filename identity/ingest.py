@@ -779,7 +779,9 @@ def resolve_pending(session: Session, *, run_id: str | None = None, batch: int =
                 evs = _rows_by_key(session, ConsentEventRow, keys)
                 totals["consent_applied"] += resolver.apply_consent(session, evs)
         session.flush()
-        update_by_ids(session, SourceRow, [r.id for r in rows], CHUNK, pending=False, resolved_at=utcnow())
+        # the batch's rows are not read again in this transaction
+        update_by_ids(session, SourceRow, [r.id for r in rows], CHUNK, synchronize=False, pending=False,
+                      resolved_at=utcnow())
         totals["remaining"] = 1
         return dict(totals)
     # Interactions and consent that arrived before their customer's profile get another chance.

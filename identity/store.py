@@ -446,11 +446,15 @@ def take_sqlite_write_lock(session: Session) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def update_by_ids(session: Session, model: Any, ids: list[int], chunk: int = 500, **values: Any) -> None:
+def update_by_ids(session: Session, model: Any, ids: list[int], chunk: int = 500, *, synchronize: bool = True,
+                  **values: Any) -> None:
     """Set ``values`` on the rows of ``model`` with these ids: one UPDATE per ``chunk`` ids, not an
-    ORM update per row (the session's objects of those rows take the values too)."""
+    ORM update per row. The session's objects of those rows take the values too, unless
+    ``synchronize`` is false: for a caller done with them, as matching each statement against
+    every object the session holds cost 7% of a resolution pass."""
     for i in range(0, len(ids), chunk):
-        session.execute(update(model).where(model.id.in_(ids[i:i + chunk])).values(**values))
+        stmt = update(model).where(model.id.in_(ids[i:i + chunk])).values(**values)
+        session.execute(stmt if synchronize else stmt.execution_options(synchronize_session=False))
 
 
 def run_in_transaction(fn, engine: Engine | None = None, *, attempts: int = 5):
