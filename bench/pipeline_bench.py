@@ -83,18 +83,22 @@ def measure(mode: str) -> int:
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     _lift_client_budgets()
-    stage_s: dict[str, float] = {}
+    stage_s: dict[str, list[float]] = {}  # stage -> [wall, omnisync CPU, vendor CPU] seconds
+    vendor = int(os.environ.get("OMNISYNC_BENCH_VENDOR_PID", "0")) or None
     if mode == "plain":
         from flows import orchestrate
 
         def timed(name, fn):
             def run(*a, **kw):
-                t = time.perf_counter()
+                t, c, v = time.perf_counter(), _cpu_s(), _cpu_s(vendor) if vendor else 0.0
                 try:
                     return fn(*a, **kw)
                 finally:
                     key = f"sync {a[0]}" if name == "sync" else name
-                    stage_s[key] = stage_s.get(key, 0.0) + time.perf_counter() - t
+                    spent = stage_s.setdefault(key, [0.0, 0.0, 0.0])
+                    spent[0] += time.perf_counter() - t
+                    spent[1] += _cpu_s() - c
+                    spent[2] += (_cpu_s(vendor) - v) if vendor else 0.0
             return run
 
         plain = orchestrate.Stages()
@@ -125,7 +129,8 @@ def measure(mode: str) -> int:
                       "records": contacts + interactions, "status": summary["status"],
                       "reconciles": summary["reconciles"], "golden": summary["resolved"].get("new_golden", 0),
                       "peak_rss_mb": peak_rss_mb(),
-                      "stage_s": {k: round(v, 2) for k, v in sorted(stage_s.items(), key=lambda kv: -kv[1])}}),
+                      "lookups": (summary.get("enriched") or {}).get("lookups", 0),
+                      "stage_s": {k: [round(x, 1) for x in v] for k, v in sorted(stage_s.items(), key=lambda kv: -kv[1][0])}}),
           flush=True)
     return 0
 
@@ -161,6 +166,7 @@ def run_size(size: int, modes: tuple[str, ...] = ("plain", "prefect")) -> dict[s
         out: dict[str, Any] = {"size": size}
         for mode in modes:
             env = {"OMNISYNC_SANDBOX_INFO": str(info), "OMNISYNC_HOME": str(work / mode),
+                   "OMNISYNC_BENCH_VENDOR_PID": str(server.pid),
                    "OMNISYNC_DATABASE_URL": f"sqlite:///{work / mode / 'store.db'}"}
             (work / mode).mkdir()
             vendor0 = _cpu_s(server.pid)
@@ -194,8 +200,9 @@ def main(quick: bool = False) -> dict[str, Any]:
             m["rps"] = m["records"] / m["wall_s"]
             print(_row(size, mode, m), flush=True)
         r["prefect_overhead_share"] = max(0.0, (r["prefect"]["wall_s"] - r["plain"]["wall_s"]) / r["prefect"]["wall_s"])
-        print(f"{'':>8} Prefect overhead: {r['prefect_overhead_share']:.1%} of the flow's wall time; plain stages (s): "
-              + ", ".join(f"{k} {v}" for k, v in list(r["plain"]["stage_s"].items())[:6]), flush=True)
+        print(f"{'':>8} Prefect overhead: {r['prefect_overhead_share']:.1%} of the flow's wall time; "
+              f"{r['plain']['lookups']:,d} CDP lookups; plain stages (wall s / omnisync CPU s / vendor CPU s): "
+              + ", ".join(f"{k} {w}/{c}/{v}" for k, (w, c, v) in list(r["plain"]["stage_s"].items())[:6]), flush=True)
         rows.append(r)
     small, big = rows
     growth = {"data_x": big["size"] / small["size"],
