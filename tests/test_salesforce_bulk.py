@@ -358,9 +358,14 @@ def test_a_read_above_the_threshold_delivers_every_row_once_in_the_shape_rest_gi
     assert not any("{locator}" in k for k in conn.calls), "no queryMore once the job takes over"
 
 
-def test_bulk_pages_before_the_last_carry_the_start_cursor_so_it_never_runs_ahead(org):
+@pytest.mark.parametrize("query_batch", [200, 40], ids=["results-page-whole", "results-page-split"])
+def test_bulk_pages_before_the_last_carry_the_start_cursor_so_it_never_runs_ahead(org, query_batch):
     sb, connect = org(size=900)
-    pages, rows = read_all(connect(bulk_threshold=300, bulk_page=150, **BULK))
+    conn = connect(bulk_threshold=300, bulk_page=150, query_batch=query_batch, **BULK)
+    pages, rows = read_all(conn)
+    # a results call brings up to bulk_page rows; the store gets them query_batch at a time
+    assert max(len(p.records) for p in pages[1:]) == min(150, query_batch) and len(rows) == 900
+    assert conn.calls[f"GET {V}/jobs/query/{{id}}/results"] == math.ceil((900 - len(pages[0].records)) / 150)
     bulk = [r for p in pages[1:] for r in p.records]
     marks = [(r.modified_at, r.external_id) for r in bulk]
     assert marks != sorted(marks), "bulk rows come in Id order, not modification order"
