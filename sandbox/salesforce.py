@@ -37,7 +37,8 @@ Vendor behaviour reproduced on purpose (specs/README.md, "Salesforce"):
   is an external id without the Unique attribute (linked duplicates share it; an upsert matching
   several records fails with ``DUPLICATE_EXTERNAL_ID``); ``Omnisync_Interaction_Id__c`` is unique.
 * Bulk API 2.0 query jobs: ``POST /jobs/query`` (``query`` or ``queryAll``), ``GET /jobs/query/{id}``
-  (``UploadComplete`` -> ``InProgress`` -> ``JobComplete`` after ``bulk_job_s`` seconds),
+  (``UploadComplete`` -> ``InProgress`` -> ``JobComplete`` after ``bulk_job_s`` seconds, and not before
+  the query, run after the create call has answered, has selected its rows),
   ``GET /jobs/query/{id}/results?maxRecords=&locator=`` as CSV (every value quoted, nulls empty,
   datetimes in UTC with ``Z``) with ``Sforce-Locator`` (``null`` on the last page) and
   ``Sforce-NumberOfRecords`` headers, ``PATCH`` (abort) and ``DELETE``. Results are snapshotted when the
@@ -99,6 +100,7 @@ import json
 import random
 import re
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -674,11 +676,12 @@ class QueryJob:
     fields: list[str]
     recs: list[Rec]  # the rows as they were when the job ran (records are replaced, never mutated)
     created: int  # ms
-    ready_at: float  # monotonic time the job completes
+    ready_at: float  # monotonic time the job completes (and not before its rows are selected)
     state: str = "UploadComplete"
     delimiter: str = ","
     line_ending: str = "\n"
     error: str | None = None  # set when the job is to fail (sandbox switch ``fail_next_job``)
+    selected: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -1146,23 +1149,35 @@ class SalesforceSandbox(Sandbox):
             raise ApiError(400, "INVALIDJOB", "InvalidJob : a query job needs a query")
         query = parse_soql(q)
         _check_fields(query)
-        t = self.tables[query.sobject]
-        nums = self._select(query, all_rows=op == "queryAll")
-        if query.order:
-            for f, desc in reversed(query.order):
-                nums.sort(key=lambda n: _sort_key(self._row(query.sobject, t.get(n)).get(f)), reverse=desc)
-        else:
-            nums.sort()  # PK chunking: Id ranges, not modification order
-        if query.limit is not None:
-            nums = nums[:query.limit]
         fail = self.fail_next_job
         self.fail_next_job = None
         job = QueryJob(id=self._job_id(), operation=op, query=q, sobject=query.sobject,
-                       fields=query.fields, recs=[t.get(num) for num in nums], created=self.now_ms(),
+                       fields=query.fields, recs=[], created=self.now_ms(),
                        ready_at=time.monotonic() + self.bulk_job_s, delimiter=delim, line_ending=ending,
                        error=fail[0] if fail else None)
         self.jobs[job.id] = job
+        # Salesforce answers at once and runs the query afterwards: selecting a million rows
+        # inside the request made the create call outlast any client timeout.
+        threading.Thread(target=self._select_job_rows, args=(job, query), daemon=True,
+                         name=f"query-job-{job.id}").start()
         return job
+
+    def _select_job_rows(self, job: QueryJob, query: Any) -> None:
+        try:
+            t = self.tables[query.sobject]
+            nums = self._select(query, all_rows=job.operation == "queryAll")
+            if query.order:
+                for f, desc in reversed(query.order):
+                    nums.sort(key=lambda n: _sort_key(self._row(query.sobject, t.get(n)).get(f)), reverse=desc)
+            else:
+                nums.sort()  # PK chunking: Id ranges, not modification order
+            if query.limit is not None:
+                nums = nums[:query.limit]
+            job.recs = [t.get(num) for num in nums]
+        except Exception as e:  # the job fails, as Salesforce reports a query that fails while running
+            job.error = job.error or f"{type(e).__name__}: {e}"[:200]
+        finally:
+            job.selected.set()
 
     def _job_id(self) -> str:
         """A job id (key prefix 750), query and ingest jobs numbered in one sequence."""
@@ -1179,7 +1194,7 @@ class SalesforceSandbox(Sandbox):
         if job is None:
             raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
         if job.state in ("UploadComplete", "InProgress"):
-            if time.monotonic() < job.ready_at:
+            if time.monotonic() < job.ready_at or not job.selected.is_set():
                 job.state = "InProgress"
             else:
                 job.state = "Failed" if job.error else "JobComplete"

@@ -96,6 +96,7 @@ def test_bulk_reads_carry_the_same_company_as_rest(org):
     client = getattr(bulk_conn.sf.bulk2, "Contact")._client
     job = client.create_job(Operation.query, "SELECT Id, Account.Name FROM Contact")
     sb.jobs[job["id"]].ready_at = 0  # the job's run time has passed
+    assert sb.jobs[job["id"]].selected.wait(10), "the job selected its rows"
     text = client.get_query_results(job["id"], "", 1000)["records"]
     rows = list(csv.DictReader(io.StringIO(text)))
     assert list(rows[0]) == ["Id", "Account.Name"], "Bulk 2.0 names a relationship column by its path"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -77,6 +78,27 @@ def test_a_query_job_runs_upload_complete_then_in_progress_then_complete(http):
     assert refused.status_code == 400 and refused.json()[0]["errorCode"] == "INVALIDJOBSTATE"
     assert http.delete(f"{V}/jobs/query/{job['id']}").status_code == 204
     assert http.get(f"{V}/jobs/query/{job['id']}").status_code == 404
+
+
+def test_a_query_job_is_created_at_once_and_stays_in_progress_until_its_rows_are_selected(http, monkeypatch):
+    # Salesforce answers the create call before running the query: a million-row job must not
+    # hold the call past a client's timeout (the sandbox used to select the rows inside it)
+    http.sb.bulk_job_s = 0.0
+    release, real = threading.Event(), http.sb._select
+
+    def slow_select(*a, **kw):
+        assert release.wait(10)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(http.sb, "_select", slow_select)
+    t0 = time.monotonic()
+    job = http.post(f"{V}/jobs/query", json={"operation": "query", "query": "SELECT Id FROM Contact"}).json()
+    assert job["state"] == "UploadComplete" and time.monotonic() - t0 < 5
+    time.sleep(0.05)
+    assert http.get(f"{V}/jobs/query/{job['id']}").json()["state"] == "InProgress"
+    release.set()
+    done = wait_done(http, f"{V}/jobs/query/{job['id']}")
+    assert done["state"] == "JobComplete" and done["numberRecordsProcessed"] == http.sb.summary()["Contact"]["live"]
 
 
 def test_query_results_quote_every_value_leave_nulls_empty_and_write_datetimes_in_utc(http):
