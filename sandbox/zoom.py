@@ -55,6 +55,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qsl
@@ -603,21 +604,27 @@ class ZoomSandbox(Sandbox):
             else:
                 lo, hi = now - timedelta(days=1), now
             filters = {k: p.get(k) for k in ("direction", "channel", "consumer_number", "queue_id", "user_id")}
-            with sb.lock:
+            query = (_iso(lo), _iso(hi), tuple(sorted((k, v) for k, v in filters.items() if v)), size)
+            with sb.lock:  # re-entrant: _page takes it too; the index is not re-sorted under a page
                 if sb._unsorted:
                     sb._starts.sort()
                     sb._unsorted = False
-                window = sb._starts[bisect.bisect_left(sb._starts, (lo, "")):
-                                    bisect.bisect_right(sb._starts, (hi, "\uffff"))]
-                hits = [e for _, eid in window if _matches(e := sb.engagements[eid], filters)]
-            items = sorted(((e["start_time"], e["engagement_id"]), e) for e in hits)
-            query = (_iso(lo), _iso(hi), tuple(sorted((k, v) for k, v in filters.items() if v)), size)
-            res = sb._page("engagements", query, items, size, p.get("next_page_token"))
+                i0 = bisect.bisect_left(sb._starts, (lo, ""))
+                i1 = bisect.bisect_right(sb._starts, (hi, "\uffff"))
+                # The index is in (start, id) order, the listing's: no sort. Unfiltered (what a
+                # sync asks), a page is a slice of it, so a page costs its size, not the window's
+                # (a month of a large account made every page scan and sort ~50,000 engagements).
+                items: Sequence[tuple[tuple[datetime, str], dict[str, Any]]]
+                if any(filters.values()):
+                    items = [(k, e) for k in sb._starts[i0:i1] if _matches(e := sb.engagements[k[1]], filters)]
+                else:
+                    items = _Window(sb._starts, i0, i1, sb.engagements)
+                res = sb._page("engagements", query, items, size, p.get("next_page_token"))
             if isinstance(res, JSONResponse):
                 return res
             page, nxt = res
             return {"from": _iso(lo), "to": _iso(hi), "timezone": "UTC", "page_size": size,
-                    "total_records": len(hits), "next_page_token": nxt,
+                    "total_records": len(items), "next_page_token": nxt,
                     "engagements": [{k: e[k] for k in LIST_FIELDS if e.get(k) is not None} for e in page]}
 
         @app.get(api + "/engagements/{engagement_id}")
@@ -888,6 +895,24 @@ def _kind(e: dict[str, Any]) -> str:
             return "bot"
         return "handoff" if e.get("transfer_count") else "chat"
     return {"voice": "voice", "video": "video", "email": "email"}.get(ch["channel"], ch.get("channel_source") or "chat")
+
+
+class _Window(Sequence):
+    """``(key, engagement)`` pairs of ``starts[lo:hi]`` without copying them (what paging bisects and slices)."""
+
+    def __init__(self, starts: list[tuple[datetime, str]], lo: int, hi: int, engagements: dict[str, Any]):
+        self.starts, self.lo, self.n, self.engagements = starts, lo, max(0, hi - lo), engagements
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        key = self.starts[self.lo + (i % self.n)]
+        return key, self.engagements[key[1]]
 
 
 def _matches(e: dict[str, Any], f: dict[str, str | None]) -> bool:

@@ -10,7 +10,7 @@ import pytest
 
 from connectors.credentials import ZoomCredentials
 from connectors.http import RateBudget, RetryPolicy
-from connectors.zoom import ZoomConnector
+from connectors.zoom import API, ZoomConnector
 from mappings.engine import load_mapping
 from omnisync.model import Channel
 from omnisync.records import OutboundRecord, WriteStatus
@@ -54,6 +54,32 @@ def test_every_channel_arrives_and_the_heroines_chat_and_call_map_to_her(zoom):
     assert call.disposition == "Refund approved" and call.started_at.date().isoformat() == "2026-11-03"
     handoffs = [i for i in interactions if i.handoff]
     assert len(handoffs) == sb.summary()["by_kind"]["handoff"]
+
+
+def test_the_engagement_list_pages_a_window_in_start_order_with_and_without_filters(zoom):
+    sb, _, conn, _ = zoom
+    starts = sorted(e["start_time"] for e in sb.engagements.values())
+    window = {"from": starts[0][:10], "to": starts[0][:8] + "28"}
+
+    def listing(**extra):
+        out, token, totals = [], None, set()
+        while True:
+            params = {**window, "page_size": 7, **extra, **({"next_page_token": token} if token else {})}
+            body = conn._json("GET", API + "/engagements", params=params, endpoint=API + "/engagements")
+            out += [(e["start_time"], e["engagement_id"]) for e in body["engagements"]]
+            totals.add(body["total_records"])
+            token = body["next_page_token"]
+            if not token:
+                return out, totals
+
+    lo, hi = window["from"], window["to"] + "T23:59:59Z"
+    expected = sorted((e["start_time"], e["engagement_id"]) for e in sb.engagements.values()
+                      if lo <= e["start_time"] <= hi)
+    listed, totals = listing()
+    assert len(expected) > 20 and listed == expected and totals == {len(expected)}
+    inbound = [k for k in expected if sb.engagements[k[1]]["direction"] == "inbound"]
+    listed, totals = listing(direction="inbound")
+    assert 0 < len(inbound) < len(expected) and listed == inbound and totals == {len(inbound)}
 
 
 def test_an_engagement_added_at_runtime_arrives_with_the_next_incremental_read(zoom):
