@@ -53,7 +53,7 @@ from rapidfuzz.distance import OSA, JaroWinkler
 from rapidfuzz.fuzz import token_set_ratio
 
 from identity.rules import Rules, load_rules
-from omnisync.model import normalize_email, normalize_phone
+from omnisync.model import CACHE_ENTRIES, normalize_email, normalize_phone
 from omnisync.settings import get_settings
 
 CONFIG_PATH = Path(__file__).with_name("matching.yaml")
@@ -94,7 +94,7 @@ class FieldError(ValueError):
 # Bounded caches: the same values recur within a batch and a block (a person's records, common
 # names), not across a whole population; an unbounded or million-entry cache of addresses grew
 # with the data a long-running sync has seen (about 250 bytes an entry), for few hits.
-CACHE = 1 << 16
+CACHE = CACHE_ENTRIES
 
 
 @lru_cache(maxsize=CACHE)

@@ -97,7 +97,10 @@ def normalize_email(value: str) -> str:
     return cleaned
 
 
-@lru_cache(maxsize=65_536)
+CACHE_ENTRIES = 1 << 16  # per normalization cache, here and in identity.matching
+
+
+@lru_cache(maxsize=CACHE_ENTRIES)
 def _parse_phone(raw: str, region: str) -> str | None:
     # Phone parsing costs ~15 us; the same numbers recur within a batch and a household, so the
     # cache pays. Bounded near identity.matching's caches: at 262,144 entries a first load of a
