@@ -754,10 +754,7 @@ def resolve_pending(session: Session, *, run_id: str | None = None, batch: int =
     lock_identity_graph(session)  # before reading what is pending: a waiting resolver sees it resolved
     totals: Counter = Counter()
     for kind in ("profile", "interaction", "consent"):
-        # Resolution reads what ingest mapped (canonical), never the vendor payload: not loaded.
-        rows = list(session.exec(select(SourceRow).options(defer(SourceRow.payload))
-                                 .where(SourceRow.pending.is_(True), SourceRow.kind == kind)
-                                 .order_by(SourceRow.id).limit(batch)))
+        rows = list(session.exec(pending_batch(kind, batch)))
         if not rows:
             continue
         gone = [r for r in rows if r.deleted]
@@ -788,6 +785,14 @@ def resolve_pending(session: Session, *, run_id: str | None = None, batch: int =
     totals.update(resolver.relink_orphans(session))
     totals["remaining"] = 0
     return dict(totals)
+
+
+def pending_batch(kind: str, batch: int):
+    """The next ``batch`` pending source rows of ``kind``, in id order (served by the index on
+    (pending, kind, id)). Resolution reads what ingest mapped (canonical), never the vendor payload:
+    it is not loaded."""
+    return (select(SourceRow).options(defer(SourceRow.payload))
+            .where(SourceRow.pending.is_(True), SourceRow.kind == kind).order_by(SourceRow.id).limit(batch))
 
 
 def _rows_by_key(session: Session, model, keys: list[tuple[str, str]]) -> list:

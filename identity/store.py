@@ -51,6 +51,9 @@ class SourceRow(SQLModel, table=True):
         Index("ix_source_record_golden", "golden_id"),
         # The push planner's "re-read with new facts since the last push" (identity.push.reread_golden_ids).
         Index("ix_source_record_resolved", "system", "stream", "resolved_at"),
+        # The resolver's "next pending batch of one kind, in id order": with pending alone the
+        # batch query read past every pending row of the other kinds, once per batch.
+        Index("ix_source_record_pending_kind", "pending", "kind", "id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     system: str = Field(max_length=32)
@@ -67,7 +70,7 @@ class SourceRow(SQLModel, table=True):
     echo: bool = False
     ingested_at: datetime = _ts(default_factory=utcnow)
     resolved_at: datetime | None = _ts(default=None)
-    pending: bool = Field(default=True, index=True)  # changed since last resolution
+    pending: bool = True  # changed since last resolution
 
 
 class InteractionRow(SQLModel, table=True):

@@ -26,3 +26,17 @@ def test_migrating_twice_is_a_no_op(store_url):
     engine = get_engine(store_url)
     upgrade(engine)
     assert "golden_record" in sa.inspect(engine).get_table_names()
+
+
+def test_the_resolvers_pending_batch_query_is_an_index_range_in_id_order_on_sqlite(tmp_path):
+    # On (pending) alone, each batch of profiles read past every pending interaction to test its kind.
+    from sqlalchemy.dialects import sqlite
+
+    from identity.ingest import pending_batch
+
+    engine = get_engine(f"sqlite:///{tmp_path / 'plan.db'}")
+    sql = str(pending_batch("profile", 2000).compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        plan = " | ".join(row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "INDEX ix_source_record_pending_kind (pending=? AND kind=?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan  # the index gives id order: no sort
