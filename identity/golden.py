@@ -31,7 +31,6 @@ from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
 from identity.store import (
-    ChangeEvent,
     ConsentEventRow,
     GoldenAlias,
     GoldenRecord,
@@ -39,6 +38,7 @@ from identity.store import (
     InteractionRow,
     MergeEvent,
     SourceRow,
+    add_change_events,
 )
 from omnisync.model import CustomerProfile
 from omnisync.records import as_utc, utcnow
@@ -278,6 +278,7 @@ def refresh(session: Session, golden_ids: Iterable[str], *, run_id: str | None =
     goldens = {g.golden_id: g for g in _in_chunks(
         session, lambda part: select(GoldenRecord).where(GoldenRecord.golden_id.in_(part)), ids)}
     counts: Counter = Counter()
+    events: list[tuple[str, str, dict[str, Any]]] = []
     for gid in ids:
         g = goldens.get(gid)
         if g is None or g.status != "active":
@@ -290,7 +291,7 @@ def refresh(session: Session, golden_ids: Iterable[str], *, run_id: str | None =
                 g.profile, g.lineage, g.version, g.updated_at = {}, {}, g.version + 1, utcnow()
                 g.status = "retired"
                 session.add(g)
-                session.add(ChangeEvent(golden_id=gid, kind="updated", detail={"fields": ["*"], "retired": True}))
+                events.append((gid, "updated", {"fields": ["*"], "retired": True}))
                 counts["retired"] += 1
             continue
         profile, lineage = survive(rows, consent_by.get(gid, []), sv)
@@ -303,13 +304,12 @@ def refresh(session: Session, golden_ids: Iterable[str], *, run_id: str | None =
             g.version += 1
         session.add(g)
         if new:
-            session.add(ChangeEvent(golden_id=gid, kind="created", detail={"sources": len(rows)}))
+            events.append((gid, "created", {"sources": len(rows)}))
             counts["created"] += 1
         elif changed:
-            only_consent = changed == ["consent"]
-            session.add(ChangeEvent(golden_id=gid, kind="consent" if only_consent else "updated",
-                                    detail={"fields": changed}))
+            events.append((gid, "consent" if changed == ["consent"] else "updated", {"fields": changed}))
             counts["updated"] += 1
+    add_change_events(session, events)
     return dict(counts)
 
 

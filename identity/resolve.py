@@ -88,6 +88,7 @@ from identity.store import (
     MatchTerm,
     MergeEvent,
     SourceRow,
+    add_change_events,
     lock_identity_graph,
 )
 from omnisync.model import CustomerProfile
@@ -1024,8 +1025,7 @@ def link_interactions(session: Session, rows: list[InteractionRow]) -> int:
             r.golden_id = gid
             session.add(r)
             per_golden[gid] += 1
-    for gid, n in sorted(per_golden.items()):
-        session.add(ChangeEvent(golden_id=gid, kind="timeline", detail={"interactions": n}))
+    add_change_events(session, [(gid, "timeline", {"interactions": n}) for gid, n in sorted(per_golden.items())])
     session.flush()
     return sum(per_golden.values())
 

@@ -355,3 +355,16 @@ def test_unindex_takes_records_out_of_the_index_and_the_population_counts(store)
         assert not s.exec(select(IdentityKey).where(IdentityKey.source_id == sid)).all()
         assert s.get(MatchTerm, POPULATION).n == 1 and s.get(MatchTerm, term_hash("f|ines")).n == 1
         assert s.get(MatchTerm, term_hash("l|duarte")).n == 0
+
+
+def test_change_events_written_in_one_insert_keep_program_order_with_those_added_as_objects(store):
+    from identity.store import add_change_events
+
+    with session_scope(store.engine) as s:
+        s.add(ChangeEvent(golden_id="g-1", kind="merged", detail={"into": "g-2"}))
+        add_change_events(s, [("g-2", "updated", {"fields": ["email"]}), ("g-3", "timeline", {"interactions": 2})])
+        s.add(ChangeEvent(golden_id="g-2", kind="consent", detail={"fields": ["consent"]}))
+    with session_scope(store.engine) as s:
+        feed = [(e.golden_id, e.kind, e.detail) for e in s.exec(select(ChangeEvent).order_by(ChangeEvent.seq))]
+    assert feed == [("g-1", "merged", {"into": "g-2"}), ("g-2", "updated", {"fields": ["email"]}),
+                    ("g-3", "timeline", {"interactions": 2}), ("g-2", "consent", {"fields": ["consent"]})]
