@@ -1025,8 +1025,8 @@ def link_interactions(session: Session, rows: list[InteractionRow]) -> int:
             r.golden_id = gid
             session.add(r)
             per_golden[gid] += 1
+    # flushes the rows moved above, then writes their events
     add_change_events(session, [(gid, "timeline", {"interactions": n}) for gid, n in sorted(per_golden.items())])
-    session.flush()
     return sum(per_golden.values())
 
 

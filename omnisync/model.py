@@ -103,7 +103,7 @@ CACHE_ENTRIES = 1 << 16  # per normalization cache, here and in identity.matchin
 @lru_cache(maxsize=CACHE_ENTRIES)
 def _parse_phone(raw: str, region: str) -> str | None:
     # Phone parsing costs ~15 us; the same numbers recur within a batch and a household, so the
-    # cache pays. Bounded near identity.matching's caches: at 262,144 entries a first load of a
+    # cache pays. Bounded like identity.matching's caches: at 262,144 entries a first load of a
     # few hundred thousand people held about 50 MB of numbers for the rest of the run.
     try:
         parsed = phonenumbers.parse(raw, region)

@@ -42,8 +42,9 @@ Vendor behaviour reproduced on purpose (specs/README.md, "Salesforce"):
   ``GET /jobs/query/{id}/results?maxRecords=&locator=`` as CSV (every value quoted, nulls empty,
   datetimes in UTC with ``Z``) with ``Sforce-Locator`` (``null`` on the last page) and
   ``Sforce-NumberOfRecords`` headers, ``PATCH`` (abort) and ``DELETE``. Results are snapshotted when the
-  job runs (just after it is created) and come in Id order (PK chunking), not in ``ORDER BY SystemModstamp`` order unless
-  the query asks for it. Aggregates and ``GROUP BY`` are refused, as the SOQL subset refuses them.
+  job runs (just after it is created) and come in Id order (PK chunking), not in
+  ``ORDER BY SystemModstamp`` order unless the query asks for it. Aggregates and ``GROUP BY`` are
+  refused, as the SOQL subset refuses them.
 * Bulk API 2.0 ingest jobs: ``POST /jobs/ingest`` (``insert``, ``update``, ``upsert`` with
   ``externalIdFieldName``, ``delete``; ``hardDelete`` needs a permission this user lacks), one
   ``PUT .../batches`` of ``text/csv`` (201; a second upload makes the close fail, as Salesforce's
