@@ -12,12 +12,15 @@ push_bench. "records" are the vendor records read (contacts, leads, profiles and
 Peak memory is the measuring child's high-water RSS (sandboxes live in their own process). CPU is
 split: the measuring child's own CPU seconds during the run (omnisync: HTTP clients, mapping, store,
 resolution, Prefect) and the sandbox process's (the vendors' side, which shares the two cores); the
-plain run also gives each stage's wall, both CPUs and the RSS high-water after it. A last, plain-only
-run sizes the population for about 1,000,000 contacts (``OMNISYNC_BENCH_PIPELINE_CONTACTS``, 0 to
-skip) to show memory stays flat. ``OMNISYNC_BENCH_PIPELINE_SIZES=small,large`` sets the two sizes
-(people per sandbox): by default 10,000 and 100,000, the larger being about 280,000 contacts and
-310,000 interactions, the issue's 300,000 interactions (the sandboxes make about one interaction
-per contact, so the contacts come out more than the issue's 100,000).
+plain run also gives each stage's wall, both CPUs and the RSS high-water after it. "cores" is both
+CPUs over the wall time (how much of the machine the run kept busy); the verdict line adds the
+records/s the same CPU would give with every core busy, the most that more parallelism could reach
+without spending less CPU per record. A last, plain-only run sizes the population for about
+1,000,000 contacts (``OMNISYNC_BENCH_PIPELINE_CONTACTS``, 0 to skip) to show memory stays flat.
+``OMNISYNC_BENCH_PIPELINE_SIZES=small,large`` sets the two sizes (people per sandbox): by default
+10,000 and 100,000, the larger being about 280,000 contacts and 310,000 interactions, the issue's
+300,000 interactions (the sandboxes make about one interaction per contact, so the contacts come
+out more than the issue's 100,000).
 Run: ``python -m bench.pipeline_bench [--quick]``.
 """
 
@@ -215,7 +218,18 @@ def _row(size: int, mode: str, m: dict[str, Any]) -> str:
     per = 1000 / max(1, m["records"])
     return (f"{size:>8} {mode:>7} {m['contacts']:>9} {m['interactions']:>9} {m['wall_s']:>8.1f} {m['rps']:>8.0f} "
             f"{m['peak_rss_mb']:>8.0f} {m['cpu_s'] * per:>10.2f} {m['sandbox_cpu_s'] * per:>13.2f} "
-            f"{str(m['reconciles']):>10}")
+            f"{_cores(m):>6.2f} {str(m['reconciles']):>10}")
+
+
+def _cores(m: dict[str, Any]) -> float:
+    """Cores kept busy on average: omnisync's CPU and the sandboxes' over the wall time."""
+    return (m["cpu_s"] + m["sandbox_cpu_s"]) / max(1e-9, m["wall_s"])
+
+
+def _ceiling(m: dict[str, Any], cores: int) -> float:
+    """Records/s if the run's CPU (omnisync's and the sandboxes') kept every core busy throughout:
+    the most this machine gives without cutting CPU per record."""
+    return m["records"] / max(1e-9, (m["cpu_s"] + m["sandbox_cpu_s"]) / cores)
 
 
 def main(quick: bool = False) -> dict[str, Any]:
@@ -223,7 +237,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     sizes = tuple(int(x) for x in chosen.split(",")) if chosen else (1_000, 10_000) if quick else (10_000, 100_000)
     rows = []
     print(f"{'people':>8} {'mode':>7} {'contacts':>9} {'interact.':>9} {'wall s':>8} {'rec/s':>8} {'peak MB':>8} "
-          f"{'cpu ms/rec':>10} {'vendor ms/rec':>13} {'reconciles':>10}")
+          f"{'cpu ms/rec':>10} {'vendor ms/rec':>13} {'cores':>6} {'reconciles':>10}")
     for size in sizes:
         r = run_size(size)
         for mode in ("plain", "prefect"):
@@ -242,11 +256,13 @@ def main(quick: bool = False) -> dict[str, Any]:
               "plain_time_x": big["plain"]["wall_s"] / small["plain"]["wall_s"],
               "prefect_time_x": big["prefect"]["wall_s"] / small["prefect"]["wall_s"],
               "peak_mem_x": big["plain"]["peak_rss_mb"] / small["plain"]["peak_rss_mb"]}
-    print("10x data -> " + ", ".join(f"{k} {v:.2f}" for k, v in growth.items()))
+    print(f"{growth['data_x']:g}x data -> " + ", ".join(f"{k} {v:.2f}" for k, v in growth.items()))
     best = max(big[mode]["rps"] for mode in ("plain", "prefect"))
     print(f"throughput target {TARGET_RPS:,d} records/s at {big['plain']['contacts']:,d} contacts and "
           f"{big['plain']['interactions']:,d} interactions: {'met' if best >= TARGET_RPS else 'NOT met'} "
-          f"(plain {big['plain']['rps']:.0f}, Prefect {big['prefect']['rps']:.0f})")
+          f"(plain {big['plain']['rps']:.0f}, Prefect {big['prefect']['rps']:.0f}); with all {os.cpu_count()} cores busy "
+          f"the plain run's CPU would allow {_ceiling(big['plain'], os.cpu_count() or 1):.0f} records/s, the sandboxes' "
+          f"CPU alone {big['plain']['records'] / max(1e-9, big['plain']['sandbox_cpu_s'] / (os.cpu_count() or 1)):.0f}")
     result: dict[str, Any] = {"rows": rows, "growth": growth}
     # Peak memory at about 1,000,000 contacts (profiles read from every system): the population that
     # many people per contact the large run measured gives; plain stages only (Prefect adds no data).
