@@ -7,6 +7,7 @@ daily quota stops the stream cleanly at that checkpoint and reports when it can 
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from connectors.base import Connector
 from connectors.errors import ConnectorError, QuotaExhaustedError
+from identity.batch import no_gc
 from identity.ingest import Counts, load_cursor, resolve_pending, store_page
 from identity.store import run_in_transaction, session_scope
 from mappings.engine import MappingConfigError, mappings_for
@@ -83,10 +85,18 @@ def sync_stream(engine: Engine, connector: Connector, stream: str, *, run_id: st
 
 def resolve_all(engine: Engine, *, run_id: str | None = None, batch: int = 2000,
                 on_batch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, int]:
-    """Resolve everything ingest left pending, one committed batch at a time."""
+    """Resolve everything ingest left pending, one committed batch at a time.
+
+    The cyclic garbage collector is paused while a batch runs, and what the batch left in cycles
+    is collected after it, while still young. Left to itself, the collector ran a full collection
+    every few hundred milliseconds of a batch's allocations, each slower as the store grew: 41% of
+    the CPU of resolving 50,000 people's records.
+    """
     totals: dict[str, int] = {}
     while True:
-        out = run_in_transaction(lambda s: resolve_pending(s, run_id=run_id, batch=batch), engine)
+        with no_gc():
+            out = run_in_transaction(lambda s: resolve_pending(s, run_id=run_id, batch=batch), engine)
+        gc.collect(1)
         remaining = out.pop("remaining", 0)
         for k, v in out.items():
             totals[k] = totals.get(k, 0) + v

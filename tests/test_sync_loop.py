@@ -53,3 +53,32 @@ def test_incremental_run_reads_only_changes(store_url):
     conn.stamps["p003"] += timedelta(minutes=5)
     res = sync_stream(engine, conn, "people")
     assert res.counts.total("read") == 1 and res.counts.total("stored") == 1
+
+
+def test_resolution_pauses_the_cyclic_collector_per_batch_and_frees_each_batchs_cycles_after_it(store_url, monkeypatch):
+    import gc
+    import weakref
+
+    import flows.sync as sync
+
+    engine = get_engine(store_url)
+    sync_stream(engine, FakeConnector(people(30)), "people")
+    seen: list[tuple[bool, weakref.ref]] = []
+    real = sync.resolve_pending
+
+    class Cycle:
+        pass
+
+    def batch(session, **kw):
+        left = Cycle()
+        left.me = left  # garbage only the cyclic collector can free
+        seen.append((gc.isenabled(), weakref.ref(left)))
+        return real(session, **kw)
+
+    freed_by_callback: list[bool] = []
+    monkeypatch.setattr(sync, "resolve_pending", batch)
+    totals = sync.resolve_all(engine, batch=10, on_batch=lambda _: freed_by_callback.append(seen[-1][1]() is None))
+    assert totals["new_golden"] == 30 and len(seen) >= 3
+    assert [enabled for enabled, _ in seen] == [False] * len(seen), "no collection runs inside a batch"
+    assert all(freed_by_callback), "each batch's cycles are freed as soon as it is committed"
+    assert gc.isenabled()
