@@ -226,10 +226,10 @@ def _cores(m: dict[str, Any]) -> float:
     return (m["cpu_s"] + m["sandbox_cpu_s"]) / max(1e-9, m["wall_s"])
 
 
-def _ceiling(m: dict[str, Any], cores: int) -> float:
-    """Records/s if the run's CPU (omnisync's and the sandboxes') kept every core busy throughout:
-    the most this machine gives without cutting CPU per record."""
-    return m["records"] / max(1e-9, (m["cpu_s"] + m["sandbox_cpu_s"]) / cores)
+def _ceiling(records: int, cpu_s: float, cores: int) -> float:
+    """Records/s if ``cpu_s`` of CPU kept every core busy throughout: the most this machine gives
+    without cutting CPU per record."""
+    return records / max(1e-9, cpu_s / cores)
 
 
 def main(quick: bool = False) -> dict[str, Any]:
@@ -258,11 +258,12 @@ def main(quick: bool = False) -> dict[str, Any]:
               "peak_mem_x": big["plain"]["peak_rss_mb"] / small["plain"]["peak_rss_mb"]}
     print(f"{growth['data_x']:g}x data -> " + ", ".join(f"{k} {v:.2f}" for k, v in growth.items()))
     best = max(big[mode]["rps"] for mode in ("plain", "prefect"))
+    plain, cores = big["plain"], os.cpu_count() or 1
     print(f"throughput target {TARGET_RPS:,d} records/s at {big['plain']['contacts']:,d} contacts and "
           f"{big['plain']['interactions']:,d} interactions: {'met' if best >= TARGET_RPS else 'NOT met'} "
-          f"(plain {big['plain']['rps']:.0f}, Prefect {big['prefect']['rps']:.0f}); with all {os.cpu_count()} cores busy "
-          f"the plain run's CPU would allow {_ceiling(big['plain'], os.cpu_count() or 1):.0f} records/s, the sandboxes' "
-          f"CPU alone {big['plain']['records'] / max(1e-9, big['plain']['sandbox_cpu_s'] / (os.cpu_count() or 1)):.0f}")
+          f"(plain {big['plain']['rps']:.0f}, Prefect {big['prefect']['rps']:.0f}); with all {cores} cores busy "
+          f"the plain run's CPU would allow {_ceiling(plain['records'], plain['cpu_s'] + plain['sandbox_cpu_s'], cores):.0f} "
+          f"records/s, the sandboxes' CPU alone {_ceiling(plain['records'], plain['sandbox_cpu_s'], cores):.0f}")
     result: dict[str, Any] = {"rows": rows, "growth": growth}
     # Peak memory at about 1,000,000 contacts (profiles read from every system): the population that
     # many people per contact the large run measured gives; plain stages only (Prefect adds no data).
